@@ -1,0 +1,64 @@
+"""`careloop` command line: typer + rich, with every heavy import deferred into the command that needs it."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from careloop.commands import broker as broker_cmd
+from careloop.commands import sql as sql_cmd
+
+app = typer.Typer(
+    name="careloop",
+    help="Event-driven streaming data-and-model platform for clinical machine learning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(broker_cmd.app, name="broker")
+app.command("sql")(sql_cmd.sql)
+
+_state = {"verbose": False}
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show full tracebacks on errors"),
+) -> None:
+    _state["verbose"] = verbose
+
+
+@app.command()
+def version() -> None:
+    """Print careloop's version."""
+    from careloop import __version__
+
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: expected failures print one clear line (the trace only with --verbose) and exit 1."""
+    from careloop.errors import CareloopError
+
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    try:
+        app(args=args, standalone_mode=True)
+    except CareloopError as err:
+        _fail(str(err), verbose)
+    except KeyboardInterrupt:
+        _fail("interrupted", verbose, code=130)
+
+
+def _fail(message: str, verbose: bool, code: int = 1) -> None:
+    from careloop.console import err
+
+    if verbose:
+        err.print_exception()
+    err.print(f"[bold red]error:[/] {message}")
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

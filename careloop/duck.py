@@ -1,0 +1,121 @@
+"""DuckDB connections to careloop's DuckLake, with the extensions loaded offline.
+
+One DuckLake (SQLite catalog + Parquet data under `CARELOOP_HOME/lake/`) holds every stage's tables in its own
+schema (`omop`, `lineage`, later `features`, `monitoring`, `registry`). One lake rather than one per stage so that a
+stream micro-batch can commit OMOP rows *and* their lineage edges in a single transaction (DuckDB transactions
+cannot write to two attached databases at once). Analysts `USE lake`, so `omop.person` and `lineage.runs` resolve.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from careloop.errors import LakeError
+from careloop.settings import Settings
+
+if TYPE_CHECKING:
+    import duckdb
+
+LAKE_ALIAS = "lake"
+T = TypeVar("T")
+_EXTENSION_PACKAGES = {
+    "sqlite_scanner": "duckdb_extension_sqlite_scanner",
+    "ducklake": "duckdb_extension_ducklake",
+}
+
+
+def extension_file(name: str) -> Path:
+    """The `.duckdb_extension` shipped inside the PyPI package (DuckDB cannot download extensions offline)."""
+    import duckdb
+
+    package = _EXTENSION_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LakeError(f"DuckDB extension {name!r} is missing: install `{package.replace('_', '-')}=="
+                        f"{duckdb.__version__}` (make setup)")  # fmt: skip
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(root.rglob(f"{name}.duckdb_extension"))
+    if not found:
+        raise LakeError(f"no {name}.duckdb_extension inside {root}; reinstall {package}")
+    return found[0]
+
+
+def connect(settings: Settings, *, attach: bool = True, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake attached as `lake` and selected as the default catalog."""
+    import duckdb
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        for name in ("sqlite_scanner", "ducklake"):
+            con.execute(f"LOAD '{extension_file(name)}'")
+    except duckdb.Error as err:
+        raise LakeError(f"cannot load DuckDB extensions: {err}") from err
+    if attach:
+        attach_lake(con, settings, read_only=read_only)
+    return con
+
+
+def lake_paths(settings: Settings) -> tuple[Path, Path]:
+    root = settings.path("lake")
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    return root / "catalog.sqlite", data
+
+
+def attach_lake(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: bool = False) -> None:
+    import duckdb
+
+    catalog, data = lake_paths(settings)
+    opts = f"DATA_PATH '{data}/'" + (", READ_ONLY" if read_only and catalog.exists() else "")
+    for attempt in range(20):
+        try:
+            con.execute(f"ATTACH 'ducklake:sqlite:{catalog}' AS {LAKE_ALIAS} ({opts})")
+            break
+        except duckdb.Error as err:  # a concurrent first-time initialisation of the catalog
+            if attempt == 19 or not is_conflict(err):
+                raise LakeError(f"cannot open the lake catalog {catalog}: {err}") from err
+            time.sleep(0.05 * (attempt + 1))
+    con.execute(f"USE {LAKE_ALIAS}")
+
+
+def is_conflict(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in ("conflict", "database is locked", "busy", "unique constraint", "retry"))
+
+
+def with_retry(fn: Callable[[], T], *, attempts: int = 30, base_delay: float = 0.02) -> T:
+    """Run a transaction function, retrying DuckLake commit conflicts with jittered backoff."""
+    import duckdb
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except duckdb.Error as err:
+            if attempt == attempts - 1 or not is_conflict(err):
+                raise
+            time.sleep(base_delay * (2 ** min(attempt, 6)) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """`body` inside BEGIN/COMMIT, retried as a whole on commit conflicts."""
+
+    def run() -> T:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = body(con)
+            con.execute("COMMIT")
+            return result
+        except BaseException:
+            import contextlib
+
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise
+
+    return with_retry(run)

@@ -1,0 +1,8 @@
+"""Lineage: the provenance store (DuckLake schema `lineage`), its batched writer and SQL views."""
+
+from __future__ import annotations
+
+from lineage.store import ensure_schema, open_store
+from lineage.writer import IngestRecord, LineageWriter
+
+__all__ = ["IngestRecord", "LineageWriter", "ensure_schema", "open_store"]
