@@ -16,7 +16,7 @@ def test_two_writer_processes_and_a_reader(tmp_path) -> None:
     writers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.foundation.lineage_worker", home, name, str(batches), str(per_batch)]
-        )  # fmt: skip
+        )
         for name in ("a", "b")
     ]
     reader = open_store(settings, read_only=True)
