@@ -44,8 +44,10 @@ def main() -> None:
     )
     result["meets_target"] = result["careloop_help_s"]["median"] < 1.0
     path = write_result("cli_startup", result)
-    print(f"careloop --help median {result['careloop_help_s']['median']:.3f} s "
-          f"(python -c pass {result['baseline_python_c_pass_s']['median']:.3f} s) -> {path}")  # fmt: skip
+    print(
+        f"careloop --help median {result['careloop_help_s']['median']:.3f} s "
+        f"(python -c pass {result['baseline_python_c_pass_s']['median']:.3f} s) -> {path}"
+    )
 
 
 if __name__ == "__main__":

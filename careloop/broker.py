@@ -108,13 +108,17 @@ class LocalBroker:
         cmd = [
             str(tansu_binary()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         log = self.log_file.open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + self.settings.broker_start_timeout_s
         while not port_open(port):
@@ -123,8 +127,10 @@ class LocalBroker:
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()
-                raise BrokerError(f"broker did not accept connections on {url} within "
-                                  f"{self.settings.broker_start_timeout_s:.0f} s; see {self.log_file}")  # fmt: skip
+                raise BrokerError(
+                    f"broker did not accept connections on {url} within "
+                    f"{self.settings.broker_start_timeout_s:.0f} s; see {self.log_file}"
+                )
             time.sleep(0.05)
         state = BrokerState(pid=proc.pid, port=port, log=str(self.log_file), started_at=time.time())
         self.pid_file.write_text(json.dumps(asdict(state)))

@@ -36,8 +36,10 @@ def extension_file(name: str) -> Path:
     package = _EXTENSION_PACKAGES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise LakeError(f"DuckDB extension {name!r} is missing: install `{package.replace('_', '-')}=="
-                        f"{duckdb.__version__}` (make setup)")  # fmt: skip
+        raise LakeError(
+            f"DuckDB extension {name!r} is missing: install `{package.replace('_', '-')}=="
+            f"{duckdb.__version__}` (make setup)"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(root.rglob(f"{name}.duckdb_extension"))
     if not found:

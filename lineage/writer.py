@@ -60,8 +60,9 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
 class LineageWriter:
     """Buffers lineage rows; thread-safe; flushes on `flush()`, when the buffer is full, or on exit."""
 
-    def __init__(self, settings: Settings, *, con: duckdb.DuckDBPyConnection | None = None,
-                 max_buffer: int = 10_000) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, *, con: duckdb.DuckDBPyConnection | None = None, max_buffer: int = 10_000
+    ) -> None:
         self.settings = settings
         self._con = con
         self.max_buffer = max_buffer
@@ -82,9 +83,18 @@ class LineageWriter:
     # -- runs ----------------------------------------------------------------------------------------------------
     def start_run(self, job: str, parameters: Mapping[str, Any] | None = None, *, flush: bool = True) -> str:
         self.run_id = str(uuid.uuid4())
-        self._add("run_log", run_id=self.run_id, job=job, status="started", at=utcnow(),
-                  code_version=code_version(), parameters=_json(parameters), host=socket.gethostname(),
-                  pid=os.getpid(), message=None)  # fmt: skip
+        self._add(
+            "run_log",
+            run_id=self.run_id,
+            job=job,
+            status="started",
+            at=utcnow(),
+            code_version=code_version(),
+            parameters=_json(parameters),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            message=None,
+        )
         self._job = job
         if flush:
             self.flush()
@@ -93,26 +103,69 @@ class LineageWriter:
     def end_run(self, status: str = "succeeded", message: str | None = None) -> None:
         if self.run_id is None:
             return
-        self._add("run_log", run_id=self.run_id, job=self._job, status=status, at=utcnow(),
-                  code_version=code_version(), parameters=None, host=socket.gethostname(), pid=os.getpid(),
-                  message=message)  # fmt: skip
+        self._add(
+            "run_log",
+            run_id=self.run_id,
+            job=self._job,
+            status=status,
+            at=utcnow(),
+            code_version=code_version(),
+            parameters=None,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            message=message,
+        )
         self.flush()
 
     # -- records -------------------------------------------------------------------------------------------------
-    def edge(self, src_kind: str, src_id: str, dst_kind: str, dst_id: str, relation: str = "derived",
-             attrs: Mapping[str, Any] | None = None, at: datetime | None = None) -> None:  # fmt: skip
-        self._add("edges", run_id=self.run_id, src_kind=src_kind, src_id=src_id, dst_kind=dst_kind,
-                  dst_id=dst_id, relation=relation, recorded_at=at or utcnow(), attrs=_json(attrs))  # fmt: skip
+    def edge(
+        self,
+        src_kind: str,
+        src_id: str,
+        dst_kind: str,
+        dst_id: str,
+        relation: str = "derived",
+        attrs: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        self._add(
+            "edges",
+            run_id=self.run_id,
+            src_kind=src_kind,
+            src_id=src_id,
+            dst_kind=dst_kind,
+            dst_id=dst_id,
+            relation=relation,
+            recorded_at=at or utcnow(),
+            attrs=_json(attrs),
+        )
 
     def ingest_event(self, record: IngestRecord) -> None:
         self._add("ingest_events", **record.model_dump(), run_id=self.run_id, recorded_at=utcnow())
 
-    def dataset_version(self, dataset: str, kind: str, version: str, *, snapshot_id: int | None = None,
-                        content_hash: str | None = None, row_count: int | None = None,
-                        uri: str | None = None) -> None:  # fmt: skip
-        self._add("dataset_versions", dataset=dataset, kind=kind, version=version, snapshot_id=snapshot_id,
-                  content_hash=content_hash, row_count=row_count, uri=uri, run_id=self.run_id,
-                  created_at=utcnow())  # fmt: skip
+    def dataset_version(
+        self,
+        dataset: str,
+        kind: str,
+        version: str,
+        *,
+        snapshot_id: int | None = None,
+        content_hash: str | None = None,
+        row_count: int | None = None,
+        uri: str | None = None,
+    ) -> None:
+        self._add(
+            "dataset_versions",
+            dataset=dataset,
+            kind=kind,
+            version=version,
+            snapshot_id=snapshot_id,
+            content_hash=content_hash,
+            row_count=row_count,
+            uri=uri,
+            run_id=self.run_id,
+            created_at=utcnow(),
+        )
 
     def pending(self) -> int:
         with self._lock:

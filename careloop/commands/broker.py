@@ -19,8 +19,9 @@ def start(
 
     settings = load_settings()
     if settings.kafka_bootstrap:
-        out.print(f"using the Kafka cluster at {settings.kafka_bootstrap} (CARELOOP_KAFKA_BOOTSTRAP); "
-                  "no local broker started")  # fmt: skip
+        out.print(
+            f"using the Kafka cluster at {settings.kafka_bootstrap} (CARELOOP_KAFKA_BOOTSTRAP); no local broker started"
+        )
         return
     broker = LocalBroker(settings)
     already = broker.state()

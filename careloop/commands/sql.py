@@ -38,8 +38,12 @@ def render(columns: list[str], rows: list[tuple], fmt: Format) -> None:
     elif fmt is Format.json:
         import orjson
 
-        sys.stdout.write(orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str,
-                                      option=orjson.OPT_INDENT_2).decode() + "\n")  # fmt: skip
+        sys.stdout.write(
+            orjson.dumps(
+                [dict(zip(columns, r, strict=True)) for r in rows], default=str, option=orjson.OPT_INDENT_2
+            ).decode()
+            + "\n"
+        )
     else:
         from rich.table import Table
 

@@ -9,8 +9,14 @@ from careloop.kafka import EventConsumer, EventProducer
 
 def _headers(payload: dict, source: str = "ehr-a") -> EventHeaders:
     digest = content_hash(payload)
-    return EventHeaders(event_id=event_id_for(source, digest), event_type="fhir.Observation.upsert",
-                        source_system=source, site="site-1", occurred_at=utcnow(), content_hash=digest)  # fmt: skip
+    return EventHeaders(
+        event_id=event_id_for(source, digest),
+        event_type="fhir.Observation.upsert",
+        source_system=source,
+        site="site-1",
+        occurred_at=utcnow(),
+        content_hash=digest,
+    )
 
 
 def test_event_id_is_deterministic_per_source_and_content() -> None:
@@ -32,8 +38,10 @@ def test_headers_round_trip_through_kafka_encoding() -> None:
 
 def test_produce_consume_round_trip_keys_and_headers(settings) -> None:
     topic = settings.topic("fhir")
-    events = [Event(key=f"person-{i % 3}", value={"n": i, "resourceType": "Observation"}, headers=_headers({"n": i}))
-              for i in range(30)]  # fmt: skip
+    events = [
+        Event(key=f"person-{i % 3}", value={"n": i, "resourceType": "Observation"}, headers=_headers({"n": i}))
+        for i in range(30)
+    ]
     with EventProducer(settings) as producer:
         acks = producer.send_many(topic, events)
     assert len(acks) == 30

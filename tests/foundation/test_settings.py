@@ -27,9 +27,13 @@ def test_toml_file_is_read_and_env_wins(home, tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("var", "value", "named"),
-    [("CARELOOP_BROKER_PORT", "abc", "broker_port"), ("CARELOOP_BROKER_PORT", "70000", "broker_port"),
-     ("CARELOOP_TOPIC_PREFIX", "bad prefix!", "topic_prefix"), ("CARELOOP_LOG_LEVEL", "LOUD", "log_level")],
-)  # fmt: skip
+    [
+        ("CARELOOP_BROKER_PORT", "abc", "broker_port"),
+        ("CARELOOP_BROKER_PORT", "70000", "broker_port"),
+        ("CARELOOP_TOPIC_PREFIX", "bad prefix!", "topic_prefix"),
+        ("CARELOOP_LOG_LEVEL", "LOUD", "log_level"),
+    ],
+)
 def test_invalid_setting_is_one_line_naming_it(home, monkeypatch, var, value, named) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as info:
