@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     site: str = "default-site"
     log_level: str = "INFO"
+    # ingestion (issue 3): de-identification and gateway limits
+    deid_shift_dates: bool = Field(True, description="shift every date of a patient by one per-person offset")
+    deid_keep_zip3: bool = Field(False, description="keep the 3-digit ZIP of addresses (else addresses are dropped)")
+    deid_keep_state: bool = Field(False, description="keep the state/region of addresses")
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    gateway_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest Bundle/resource/STOW body")
+    gateway_max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest NDJSON line in $import")
 
     @field_validator("topic_prefix")
     @classmethod
