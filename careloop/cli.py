@@ -7,6 +7,7 @@ import sys
 import typer
 
 from careloop.commands import broker as broker_cmd
+from careloop.commands import simulate as simulate_cmd
 from careloop.commands import sql as sql_cmd
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(broker_cmd.app, name="broker")
 app.command("sql")(sql_cmd.sql)
+app.command("simulate")(simulate_cmd.simulate)
 
 _state = {"verbose": False}
 
