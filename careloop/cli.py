@@ -7,6 +7,9 @@ import sys
 import typer
 
 from careloop.commands import broker as broker_cmd
+from careloop.commands import gateway as gateway_cmd
+from careloop.commands import keys as keys_cmd
+from careloop.commands import publish as publish_cmd
 from careloop.commands import simulate as simulate_cmd
 from careloop.commands import sql as sql_cmd
 
@@ -18,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(broker_cmd.app, name="broker")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(publish_cmd.app, name="publish")
+app.command("gateway")(gateway_cmd.gateway)
 app.command("sql")(sql_cmd.sql)
 app.command("simulate")(simulate_cmd.simulate)
 
