@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=256)
     max_message_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     site: str = "default-site"
+    object_store_url: str | None = Field(None, description="fsspec URL for de-identified DICOM (default home/objects)")
     log_level: str = "INFO"
     # ingestion (issue 3): de-identification and gateway limits
     deid_shift_dates: bool = Field(True, description="shift every date of a patient by one per-person offset")
