@@ -34,7 +34,7 @@ from ingestion.fhir_deid import (
     pseudo_id,
     shift_date_text,
 )
-from ingestion.fhir_validate import Rejection, parse_json, resource_type_of, safe_type_name, validate_resource
+from ingestion.fhir_validate import Rejection, parse_json, resource_type_of, validate_resource
 from ingestion.pseudonym import Pseudonymizer
 from ingestion.state import IngestState
 from ingestion.vault import RawVault
@@ -72,7 +72,7 @@ class _Item:
     identifiers: list[tuple[str, str]] = field(default_factory=list)
     resource_key: str | None = None
     vault_ref: str | None = None
-    store: Any = None  # deferred object-store write (DICOM)
+    extra: dict[str, Any] = field(default_factory=dict)  # STOW details (SOP class, failure reason)
 
 
 class Ingestor:
@@ -154,6 +154,13 @@ class Ingestor:
             self._commit([item])
             return item.outcome
 
+    def submit_dicom_stow(self, data: bytes) -> tuple[Outcome, dict[str, Any]]:
+        """`submit_dicom` plus what a STOW-RS response needs (SOP class UID, PS3.18 failure reason)."""
+        with self._lock:
+            item = self._dicom_item(data)
+            self._commit([item])
+            return item.outcome, item.extra
+
     def drain(self) -> list[Event]:
         """With publish=False: the de-identified, validated events not yet taken."""
         with self._lock:
@@ -222,7 +229,8 @@ class Ingestor:
             raise Rejection("InvalidFHIR", "expected a Bundle resource")
         btype = bundle.get("type")
         if btype not in BUNDLE_TYPES:
-            raise Rejection("UnsupportedBundle", f"Bundle.type {safe_type_name(btype)!r} is not accepted; "
+            shown = btype if isinstance(btype, str) and re.fullmatch(r"[a-z-]{1,40}", btype) else "(invalid)"
+            raise Rejection("UnsupportedBundle", f"Bundle.type {shown!r} is not accepted; "
                             f"send one of {', '.join(sorted(BUNDLE_TYPES))}")  # fmt: skip
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
@@ -235,7 +243,14 @@ class Ingestor:
                 rid = r.get("id") if isinstance(r.get("id"), str) else _urn_id(fu)
                 if rid:
                     full_urls[fu] = (r["resourceType"], rid)
-        refs = RefIndex(full_urls)
+        persons: dict[str, str] = {}
+        for e in entries:
+            r = e.get("resource") if isinstance(e, dict) else None
+            if isinstance(r, dict) and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str):
+                for ident in r.get("identifier") or []:
+                    if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
+                        persons[self.pseudo.identifier(None, ident["value"])] = self.pseudo.person(r["id"])
+        refs = RefIndex(full_urls, persons)
         items: list[_Item] = []
         for n, e in enumerate(entries):
             if not isinstance(e, dict):
@@ -247,6 +262,11 @@ class Ingestor:
             r = e.get("resource")
             if req.get("method") == "DELETE" and r is None:
                 items.append(self._delete_from_url(req.get("url")))
+                continue
+            if r is None and req.get("method") in ("GET", "HEAD"):
+                rej = Rejection("UnsupportedInteraction", f"entry {n} is a {req['method']} (read) request; the gateway "
+                                "ingests writes only", 400)  # fmt: skip
+                items.append(self._reject(rej, _dump(e), None, None))
                 continue
             if r is None:
                 items.append(self._reject(Rejection("InvalidFHIR", f"entry {n} has no resource"), _dump(e), None, None))
@@ -278,17 +298,24 @@ class Ingestor:
         digest = content_hash(resource)
         event_id = str(event_id_for(self.source, digest))
         logical_id = resource.get("id") or (_urn_id(full_url) if isinstance(full_url, str) else None)
+        known_person = None
+        if not logical_id and rtype == "Patient":
+            found = self._patient_without_id(resource)
+            if found is not None:
+                logical_id, known_person = found
         if not logical_id:
             if rtype == "Patient":
-                return self._reject(Rejection("MissingId", "a Patient needs an id (or a urn:uuid fullUrl) so its "
-                                              "person pseudonym is stable"), raw, rtype, None, event_id)  # fmt: skip
+                return self._reject(Rejection("MissingId", "a Patient needs an id, a urn:uuid fullUrl or an "
+                                              "identifier so its person pseudonym is stable"), raw, rtype, None,
+                                    event_id)  # fmt: skip
             logical_id = "h" + digest[7:39]
-        pid = pseudo_id(self.pseudo, rtype, logical_id)
+        pid = known_person or pseudo_id(self.pseudo, rtype, logical_id)
         try:
-            person = self._person_of(resource, rtype, logical_id, refs)
+            person = known_person or self._person_of(resource, rtype, logical_id, refs)
             shift = self.pseudo.date_shift_days(person) if person and self.options.shift_dates else None
             ctx = DeidContext(self.pseudo, refs, self.options, shift)
             deid = deidentify_resource(resource, logical_id, ctx)
+            deid["id"] = pid
         except Rejection as rej:
             return self._reject(rej, raw, rtype, pid, event_id)
         except (DeidError, RecursionError) as err:
@@ -325,7 +352,10 @@ class Ingestor:
                 continue
             text = ref.get("reference")
             if not isinstance(text, str):
-                problem = f"{rtype}.{name} has no literal reference"
+                person = self._person_by_identifier(ref.get("identifier"), refs)
+                if person is not None:
+                    return person
+                problem = f"{rtype}.{name} has neither a literal reference nor an identifier of a known Patient"
                 continue
             if text.startswith("#"):
                 problem = f"{rtype}.{name} points to a contained resource, not a Patient careloop can link"
@@ -342,6 +372,26 @@ class Ingestor:
             raise Rejection("MissingPatient", problem or f"{rtype} has no subject/patient reference; careloop links "
                             "every clinical resource to a Patient")  # fmt: skip
         return None
+
+    def _patient_without_id(self, resource: dict[str, Any]) -> tuple[str, str] | None:
+        """A create without id: (stable keyed logical id, person) from its first identifier; a Patient already known
+        by one of its identifiers keeps that person."""
+        values = [i["value"].strip() for i in resource.get("identifier") or []
+                  if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"].strip()]  # fmt: skip
+        if not values:
+            return None
+        logical_id = "i" + self.pseudo.token("patient-id", values[0], 32)
+        for v in values:
+            known = self.state.person_for_identifier(self.pseudo.identifier(None, v))
+            if known is not None:
+                return logical_id, known
+        return logical_id, self.pseudo.person(logical_id)
+
+    def _person_by_identifier(self, ident: Any, refs: RefIndex) -> str | None:
+        if not isinstance(ident, dict) or not isinstance(ident.get("value"), str) or not ident["value"].strip():
+            return None
+        h = self.pseudo.identifier(None, ident["value"])
+        return refs.persons.get(h) or self.state.person_for_identifier(h)
 
     def _delete_from_url(self, url: Any) -> _Item:
         parts = url.strip("/").split("/") if isinstance(url, str) else []
@@ -384,20 +434,24 @@ class Ingestor:
             self._dicom = (DicomDeidOptions(retain_modified_dates=self.settings.deid_shift_dates),
                            ObjectStore(self.settings))  # fmt: skip
         options, store = self._dicom
-        if event_id in self.state.seen([event_id]):
-            out = Outcome(status="duplicate", event_id=event_id, resource_type="DICOM", http_status=200)
+        prior = self.state.seen([event_id]).get(event_id)
+        if prior is not None:
+            out = Outcome(status="duplicate", event_id=event_id, resource_type="DICOM", resource_id=prior[1],
+                          person=prior[2], http_status=200)  # fmt: skip
             return _Item(out, "dicom")
         try:
             result = deidentify_dicom(data, self.pseudo, self.resolve_person, options)
         except DicomRejected as err:
             rej = Rejection(err.error_class, err.reason, 422, "deid")
             item = self._reject(rej, data, "DICOM", None, event_id)
-            item.outcome.error_class = err.error_class
+            item.extra = {"sop_class_uid": err.sop_class_uid, "failure_reason": err.failure_reason}
             return item
         except Exception as err:  # never crash on a DICOM file; the reason names only the error type
             rej = Rejection("deidentification_failed", f"DICOM de-identification failed: {type(err).__name__}", 422,
                             "deid")  # fmt: skip
-            return self._reject(rej, data, "DICOM", None, event_id)
+            item = self._reject(rej, data, "DICOM", None, event_id)
+            item.extra = {"failure_reason": 0x0110}
+            return item
         uri = store.put(result.dataset_bytes, result.sha256)
         value = dicom_event_value(result, uri)
         headers = EventHeaders(event_id=event_id, event_type="dicom.instance", source_system=self.source,
@@ -407,7 +461,7 @@ class Ingestor:
                       person=result.person, http_status=200, topic=self.settings.topic("dicom"))  # fmt: skip
         item = _Item(out, "dicom", Event(key=result.person, value=value, headers=headers), data, "deid",
                      "dicom.instance")  # fmt: skip
-        item.store = result
+        item.extra = {"sop_class_uid": result.sop_class_uid}
         return item
 
     def _reject(self, rej: Rejection, raw: bytes, rtype: str | None, pid: str | None,
@@ -423,12 +477,13 @@ class Ingestor:
         if not items:
             return
         accepted = [i for i in items if i.outcome.status == "accepted"]
-        already = self.state.seen(i.outcome.event_id for i in accepted) if self.publish else set()
+        already = self.state.seen(i.outcome.event_id for i in accepted) if self.publish else {}
         batch_ids: set[str] = set()
         for i in accepted:
             eid = i.outcome.event_id
             if eid in already or eid in batch_ids:
                 i.outcome.status, i.outcome.http_status, i.event = "duplicate", 200, None
+                i.outcome.topic = None
             batch_ids.add(eid)
         for i in items:
             if i.raw is not None and i.outcome.status != "duplicate":

@@ -79,8 +79,10 @@ class FhirDeidOptions:
 class RefIndex:
     """Resolves references to (type, logical id, version) using a bundle's fullUrls as well as the reference text."""
 
-    def __init__(self, full_urls: dict[str, tuple[str, str]] | None = None) -> None:
+    def __init__(self, full_urls: dict[str, tuple[str, str]] | None = None,
+                 persons: dict[str, str] | None = None) -> None:  # fmt: skip
         self.full_urls = full_urls or {}
+        self.persons = persons or {}  # identifier hash -> person, for Patients of the same Bundle
 
     def resolve(self, ref: str) -> tuple[str, str, str | None] | None:
         hit = self.full_urls.get(ref)

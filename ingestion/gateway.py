@@ -309,9 +309,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ing = gw.ingestor(source)
         referenced, failed = [], []
         for part in parts:
-            out = await run_in_threadpool(ing.submit_dicom, part)
-            entry = _stow_entry(out)
-            (failed if out.status == "rejected" else referenced).append(entry)
+            out, extra = await run_in_threadpool(ing.submit_dicom_stow, part)
+            entry = {"sop_class_uid": extra.get("sop_class_uid"), "sop_instance_uid": out.resource_id}
+            if out.status == "rejected":
+                failed.append(entry | {"failure_reason": extra.get("failure_reason", 0x0110)})
+            else:
+                referenced.append(entry)
         status = 200 if not failed else (409 if not referenced else 202)
         return Response(orjson.dumps(stow_response(referenced, failed)), status_code=status,
                         media_type="application/dicom+json")  # fmt: skip
@@ -319,8 +322,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.post("/dicomweb/studies")(stow)
     app.post("/dicomweb/studies/{study}")(stow)
     return app
-
-
-def _stow_entry(out: Outcome) -> dict[str, Any]:
-    return {"sop_instance_uid": out.resource_id, "status": out.status, "reason": out.reason,
-            "error_class": out.error_class, "event_id": out.event_id}  # fmt: skip

@@ -46,14 +46,16 @@ class IngestState:
         self._lock = threading.Lock()
 
     # -- seen-store (idempotency) ---------------------------------------------------------------------------------
-    def seen(self, event_ids: Iterable[str]) -> set[str]:
+    def seen(self, event_ids: Iterable[str]) -> dict[str, tuple[str | None, str | None, str | None]]:
+        """event id -> (resource_type, resource_id, person) for the ids already published."""
         ids = list(event_ids)
-        found: set[str] = set()
+        found: dict[str, tuple[str | None, str | None, str | None]] = {}
         with self._lock:
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                q = f"SELECT event_id FROM seen WHERE event_id IN ({','.join('?' * len(chunk))})"
-                found.update(r[0] for r in self._con.execute(q, chunk))
+                marks = ",".join("?" * len(chunk))
+                q = f"SELECT event_id, resource_type, resource_id, person FROM seen WHERE event_id IN ({marks})"
+                found.update((r[0], (r[1], r[2], r[3])) for r in self._con.execute(q, chunk))
         return found
 
     def mark_seen(self, rows: list[tuple[str, str | None, str | None, str | None, str, int, int]]) -> None:
