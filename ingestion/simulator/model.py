@@ -137,16 +137,16 @@ def draw_patient(config: SimulationConfig, index: int, cov: np.random.Generator 
     applied = [i for i, s in enumerate(config.shifts) if s.applies(site, index_month)]
     cov_shift = [config.shifts[i] for i in applied if isinstance(config.shifts[i], CovariateShift)]
     age = age0 + sum(s.age for s in cov_shift)
-    age = float(np.clip(age, 18, 95))
+    age = round(float(np.clip(age, 18, 95)), 2)
     bmi = 28.8 + 0.04 * (age - 50) + 5.8 * bmi_noise + sum(s.bmi for s in cov_shift)
-    bmi = float(np.clip(bmi, 16, 65))
+    bmi = round(float(np.clip(bmi, 16, 65)), 2)
     family_history = int(u_fh < 0.25)
     p_htn = 1 / (1 + math.exp(-(-1.0 + 0.06 * (age - 50) + 0.08 * (bmi - 28))))
     hypertension = int(u_htn < p_htn)
     glucose = 92 + 0.15 * (age - 50) + 0.7 * (bmi - 28) + 3 * family_history + 9 * glu_noise
-    glucose = float(np.clip(glucose + sum(s.glucose for s in cov_shift), 65, 125))
+    glucose = round(float(np.clip(glucose + sum(s.glucose for s in cov_shift), 65, 125)), 1)
     hba1c = 5.35 + 0.006 * (age - 50) + 0.012 * (bmi - 28) + 0.012 * (glucose - 95) + 0.28 * a1c_noise
-    hba1c = float(np.clip(hba1c + sum(s.hba1c for s in cov_shift), 4.3, 6.4))
+    hba1c = round(float(np.clip(hba1c + sum(s.hba1c for s in cov_shift), 4.3, 6.4)), 2)
 
     weights: dict[str, float] = {}
     for i in applied:
