@@ -46,6 +46,8 @@ def quiet_pydicom() -> None:
     if _configured:
         return
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # Added once, process-wide: `warnings.catch_warnings` per call is not thread-safe (the gateway runs us in a pool).
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
     logging.getLogger("pydicom").addFilter(_RedactValues())
     _configured = True
 
@@ -61,10 +63,8 @@ def read_dataset(data: bytes, max_bytes: int) -> tuple[Dataset, UID]:
         raise DicomRejected("empty", "empty payload: no DICOM bytes")
     if len(data) > max_bytes:
         raise DicomRejected("too_large", f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds, salvaged = _parse(data)
-        _convert_all(ds)
+    ds, salvaged = _parse(data)
+    _convert_all(ds)
     sop_class = ds.get("SOPClassUID")
     transfer_syntax = _transfer_syntax(ds, salvaged, sop_class)
     for keyword in ("SOPClassUID", "SOPInstanceUID"):

@@ -9,6 +9,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 DICOM_MEDIA_TYPE = "application/dicom"
 
 
+class _PartTypeError(ValueError):
+    """A part that is not application/dicom."""
+
+
 def parse_stow_multipart(content_type: str, body: bytes) -> list[bytes]:
     """The parts of a `multipart/related; type="application/dicom"` body, in order; ValueError says what is wrong."""
     media, params = parse_options_header(content_type or "")
@@ -23,6 +27,14 @@ def parse_stow_multipart(content_type: str, body: bytes) -> list[bytes]:
         raise ValueError("multipart/related content type has no boundary parameter")
     if len(boundary) > 70:
         raise ValueError("multipart boundary longer than 70 characters (RFC 2046)")
+
+    # RFC 2046 allows a preamble before the first delimiter; python-multipart does not, so skip it here.
+    delimiter = b"--" + boundary
+    if not body.startswith(delimiter):
+        first = body.find(b"\r\n" + delimiter)
+        if first < 0:
+            raise ValueError("multipart body has no delimiter line for its boundary (no closing boundary either)")
+        body = body[first + 2 :]
 
     parts: list[bytes] = []
     chunks: list[bytes] = []
@@ -54,7 +66,7 @@ def parse_stow_multipart(content_type: str, body: bytes) -> list[bytes]:
             if name == b"content-type":
                 ctype = val.split(b";")[0].strip().lower().decode("latin-1")
                 if ctype != DICOM_MEDIA_TYPE:
-                    raise ValueError(f"part {len(parts) + 1} has Content-Type {ctype}, expected {DICOM_MEDIA_TYPE}")
+                    raise _PartTypeError(f"part {len(parts) + 1} has Content-Type {ctype}, expected {DICOM_MEDIA_TYPE}")
         parts.append(b"".join(chunks))
 
     def on_end() -> None:
@@ -75,10 +87,10 @@ def parse_stow_multipart(content_type: str, body: bytes) -> list[bytes]:
     try:
         parser.write(body)
         parser.finalize()
-    except ValueError:
+    except _PartTypeError:
         raise
-    except Exception as err:  # python-multipart's parse errors
-        raise ValueError(f"malformed multipart body ({type(err).__name__}: {err})") from None
+    except Exception as err:  # python-multipart's parse errors (offsets only, no content)
+        raise ValueError(f"malformed multipart body ({err})") from None
     if not state["ended"]:
         raise ValueError("multipart body ends without its closing boundary")
     if not parts:
