@@ -7,9 +7,10 @@ Per element, in this order:
    shifted by the person's offset under the Modified Dates option, device identity is kept under its option,
    otherwise X removes, Z empties, D puts a dummy; sequences are emptied or removed unless they carry UIDs
    (U, X/Z/U*) or SR content, which are cleaned item by item;
-4. elements not in the table are kept, except that defensively every person name is emptied, every UID that is
-   not a registered DICOM UID (SOP classes, transfer syntaxes, coding schemes) is remapped and every date is
-   shifted (or emptied without the Modified Dates option).
+4. elements not in the table are kept, except that defensively every person name and every free text or URL
+   (ST, LT, UT, UC, UR: e.g. SR TextValue) is emptied, every UID that is not a registered DICOM UID (SOP classes,
+   transfer syntaxes, coding schemes) is remapped and every date is shifted (or emptied without the Modified
+   Dates option).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from ingestion.dicom.models import DicomDeidOptions, DicomDeidResult, DicomRejected
-from ingestion.dicom.profile import TABLE_EDITION, ActionTable, action_table
+from ingestion.dicom.profile import TABLE_EDITION, ActionTable, action_table, parse_allow
 from ingestion.dicom.read import PIXEL_TAGS, read_dataset
 from ingestion.pseudonym import Pseudonymizer
 
@@ -48,6 +49,7 @@ _DUMMY_TEXT = "ANONYMIZED"
 _DUMMY = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "IS": "0", "DS": "0", "AS": "000D"}
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
+_FREE_TEXT_VRS = {"ST", "LT", "UT", "UC", "UR"}  # UR: URLs embed hosts and study UIDs
 _DT_RE = re.compile(r"^(\d{8})(.*)$")
 
 
@@ -88,7 +90,7 @@ def deidentify_dicom(
         pseudonymizer=pseudonymizer,
         table=action_table(),
         shift_days=pseudonymizer.date_shift_days(person),
-        allow=[_parse_allow(p) for p in options.private_tag_allowlist],
+        allow=[parse_allow(p) for p in options.private_tag_allowlist],
     )
     try:
         _clean(ds, ctx, depth=0)
@@ -206,6 +208,9 @@ def _default(ds: Dataset, elem: DataElement, ctx: _Context, depth: int) -> None:
             elem.value = _map(elem.value, lambda v: _shift(v, vr, ctx.shift_days))
         else:
             elem.value = empty_value_for_VR(vr)
+    elif vr in _FREE_TEXT_VRS:
+        # Free text the table does not list (SR TextValue, derivation notes...) can hold names: emptied, not kept.
+        elem.value = empty_value_for_VR(vr)
 
 
 # -- values ---------------------------------------------------------------------------------------------------------
@@ -255,17 +260,6 @@ def _dummy(vr: str) -> Any:
 
 
 # -- private allow-list ------------------------------------------------------------------------------------------
-def _parse_allow(pattern: str) -> tuple[str | None, int, int]:
-    """`[CREATOR:]gggg,eeee` with `x` as a hex wildcard; `gggg,10xx` means block 0x10 of group gggg."""
-    creator, _, spec = pattern.rpartition(":")
-    hexes = spec.replace(",", "").replace("(", "").replace(")", "").strip().lower()
-    if len(hexes) != 8 or any(c not in "0123456789abcdefx" for c in hexes):
-        raise ValueError(f"private tag allow-list entry {pattern!r} is not of the form gggg,eeee (x = any digit)")
-    value = int(hexes.replace("x", "0"), 16)
-    mask = int("".join("0" if c == "x" else "f" for c in hexes), 16)
-    return (creator.strip() or None), value, mask
-
-
 def _private_allowed(ds: Dataset, tag: int, ctx: _Context) -> bool:
     for creator, value, mask in ctx.allow:
         if tag & mask != value:

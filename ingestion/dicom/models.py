@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # PS3.18 STOW-RS failure reasons (PS3.18 Table I.2-1 / 10.5-2): what we answer per failed instance.
 FAILURE_PROCESSING = 0x0110  # Processing failure (e.g. quarantined by policy)
@@ -58,6 +58,15 @@ class DicomDeidOptions(BaseModel):
     )
     quarantine_burned_in: bool = Field(True, description="reject images with BurnedInAnnotation = YES")
     max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="largest accepted DICOM file")
+
+    @field_validator("private_tag_allowlist")
+    @classmethod
+    def _patterns_parse(cls, v: list[str]) -> list[str]:
+        from ingestion.dicom.profile import parse_allow
+
+        for pattern in v:
+            parse_allow(pattern)  # raises ValueError naming the bad entry
+        return v
 
 
 class DicomDeidResult(BaseModel):

@@ -84,3 +84,14 @@ def action_table() -> ActionTable:
         if DEVICE_IDENTITY_RE.search(keyword_for_tag(t) or "") and not NOT_DEVICE_IDENTITY_RE.search(keyword_for_tag(t))
     )
     return ActionTable(exact=exact, masked=tuple(masked), device_identity=device)
+
+
+def parse_allow(pattern: str) -> tuple[str | None, int, int]:
+    """`[CREATOR:]gggg,eeee` with `x` as a hex wildcard; `gggg,10xx` means block 0x10 of group gggg."""
+    creator, _, spec = pattern.rpartition(":")
+    hexes = spec.replace(",", "").replace("(", "").replace(")", "").strip().lower()
+    if len(hexes) != 8 or any(c not in "0123456789abcdefx" for c in hexes):
+        raise ValueError(f"private tag allow-list entry {pattern!r} is not of the form gggg,eeee (x = any digit)")
+    value = int(hexes.replace("x", "0"), 16)
+    mask = int("".join("0" if c == "x" else "f" for c in hexes), 16)
+    return (creator.strip() or None), value, mask

@@ -407,3 +407,61 @@ def test_event_value_shape(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> Non
     encoded = orjson.dumps(value)
     assert len(encoded) < 200_000 and b"7FE00010" not in encoded
     assert value["sha256"] == result.sha256 and value["modality"] == "CT"
+
+
+def _with_extra_phi(dicom_dir: Path) -> tuple[bytes, Dataset]:
+    """CT_small plus identifying values in places the table does not list, nested inside sequences."""
+    ds = _read((dicom_dir / "CT_small.dcm").read_bytes())
+    study_uid = ds.StudyInstanceUID
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    item.TextValue = "Seen by Dr Hidden Namesake at Secret Clinic"
+    item.ObservationDateTime = "20040119101500.000000+0100"
+    item.VerifyingObserverName = "Observer^Hidden"
+    item.RetrieveURL = f"https://pacs.secret-clinic.example/studies/{study_uid}"
+    ds.ContentSequence = [item]
+    ds.DerivationDescription = "exported by Hidden Namesake"
+    ds.add_new(0x00091010, "LO", "GEMS private sensitive")  # private element without a creator
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue(), ds
+
+
+def test_unlisted_free_text_names_urls_and_nested_values(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> None:
+    data, original = _with_extra_phi(dicom_dir)
+    result = run(data, pseudonymizer)
+    text = result.dataset_bytes.decode("latin-1")
+    for secret in ("Hidden", "Namesake", "secret-clinic", original.StudyInstanceUID, original.SOPInstanceUID,
+                   "GEMS private sensitive"):  # fmt: skip
+        assert secret not in text
+        assert secret not in json.dumps(result.metadata)
+    out = _read(result.dataset_bytes)
+    item = out.ContentSequence[0]
+    assert item.ReferencedSOPInstanceUID == pseudonymizer.uid(original.SOPInstanceUID)
+    assert item.ReferencedSOPClassUID == original.SOPClassUID
+    shift = pseudonymizer.date_shift_days(result.person)
+    from datetime import datetime, timedelta
+
+    expected = (datetime(2004, 1, 19) + timedelta(days=shift)).strftime("%Y%m%d")
+    assert item.ObservationDateTime == expected + "101500.000000+0100"
+
+
+def test_deterministic_under_the_key_and_different_under_another(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> None:
+    data = (dicom_dir / "CT_small.dcm").read_bytes()
+    a, b = run(data, pseudonymizer), run(data, Pseudonymizer(KEY))
+    assert a.dataset_bytes == b.dataset_bytes and a.sha256 == b.sha256
+    other = run(data, Pseudonymizer(b"another-deployment-key-0123456789"))
+    assert other.study_uid != a.study_uid and other.person != a.person
+
+
+def test_creator_based_private_allow_list(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> None:
+    data = (dicom_dir / "CT_small.dcm").read_bytes()
+    original = _read(data)
+    creator = original[0x00190010].value  # "GEMS_ACQU_01"
+    opts = DicomDeidOptions(private_tag_allowlist=[f"{creator}:0019,xx02"])  # element 02 of that creator, any block
+    out = _read(run(data, pseudonymizer, opts).dataset_bytes)
+    private = sorted(e.tag for e in out if e.tag.is_private)
+    assert private == [0x00190010, 0x00191002]
+    with pytest.raises(ValueError, match="gggg,eeee"):
+        DicomDeidOptions(private_tag_allowlist=["0019,10"])  # a configuration error, found when options are built
