@@ -112,6 +112,8 @@ def _original_phi(path: Path) -> set[str]:
                         found.add(str(v))
 
     visit(ds)
+    if getattr(ds, "file_meta", None) is not None:
+        visit(ds.file_meta)  # e.g. bad_sequence.dcm: its File Meta names a SOP Instance UID the dataset does not
     # Manufacturer and model are kept by the profile; an institution named like its scanner vendor ("TOSHIBA" vs
     # "TOSHIBA_MEC") is not a leak of the institution.
     kept = " ".join(str(ds.get(k) or "") for k in ("Manufacturer", "ManufacturerModelName"))
