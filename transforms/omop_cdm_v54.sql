@@ -571,7 +571,6 @@ CREATE TABLE IF NOT EXISTS omop.image_occurrence (
     manufacturer                        VARCHAR,
     manufacturer_model_name             VARCHAR,
     acquisition                         VARCHAR,
-    instance_count                      INTEGER,
     deid_method                         VARCHAR
 );
 
