@@ -49,6 +49,8 @@ _DUMMY_TEXT = "ANONYMIZED"
 _DUMMY = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "IS": "0", "DS": "0", "AS": "000D"}
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
+METADATA_MAX_BYTES = 1_000_000
+PER_FRAME_KEY = "52009230"  # PerFrameFunctionalGroupsSequence
 _FREE_TEXT_VRS = {"ST", "LT", "UT", "UC", "UR"}  # UR: URLs embed hosts and study UIDs
 _DT_RE = re.compile(r"^(\d{8})(.*)$")
 
@@ -317,15 +319,24 @@ def _write(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def metadata_json(ds: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model (PS3.18 F) of the dataset without pixel data or any other bulk data."""
+def metadata_json(ds: Dataset, max_bytes: int = METADATA_MAX_BYTES) -> dict[str, Any]:
+    """The DICOM JSON model (PS3.18 F) of the dataset without pixel data or any other bulk data.
+
+    An enhanced multi-frame object can carry thousands of per-frame functional group items; when the JSON would
+    exceed `max_bytes` (it rides in a Kafka message), only the first per-frame item is kept. The stored file keeps
+    them all."""
+    import orjson
+
     shallow = Dataset()
     for elem in ds:
         if int(elem.tag) not in PIXEL_TAGS:
             shallow.add(elem)
     shallow.set_original_encoding(False, True, OUTPUT_CHARACTER_SET)
-    out = shallow.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "omitted")
-    return _strip_bulk(out)
+    out = _strip_bulk(shallow.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "omitted"))
+    per_frame = out.get(PER_FRAME_KEY)
+    if per_frame and len(per_frame.get("Value", ())) > 1 and len(orjson.dumps(out)) > max_bytes:
+        out[PER_FRAME_KEY] = {**per_frame, "Value": per_frame["Value"][:1]}
+    return out
 
 
 def _strip_bulk(node: dict[str, Any]) -> dict[str, Any]:

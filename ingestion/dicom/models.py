@@ -37,10 +37,17 @@ class DicomRejected(Exception):
         # The SOP Class UID is not identifying; it lets a STOW-RS response fill FailedSOPSequence.
         self.sop_class_uid = sop_class_uid
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (Beam, Ray workers)
+        return (_rebuild_rejected, (self.error_class, self.reason, self.sop_class_uid))
+
     @property
     def failure_reason(self) -> int:
         """The PS3.18 STOW-RS FailureReason (0008,1197) code for this rejection."""
         return _FAILURE_BY_CLASS.get(self.error_class, FAILURE_PROCESSING)
+
+
+def _rebuild_rejected(error_class: str, reason: str, sop_class_uid: str | None) -> DicomRejected:
+    return DicomRejected(error_class, reason, sop_class_uid=sop_class_uid)
 
 
 class DicomDeidOptions(BaseModel):

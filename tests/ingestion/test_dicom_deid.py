@@ -467,3 +467,18 @@ def test_creator_based_private_allow_list(dicom_dir: Path, pseudonymizer: Pseudo
     assert private == [0x00190010, 0x00191002]
     with pytest.raises(ValueError, match="gggg,eeee"):
         DicomDeidOptions(private_tag_allowlist=["0019,10"])  # a configuration error, found when options are built
+
+
+def test_rejection_pickles_and_large_per_frame_metadata_is_capped(
+    dicom_dir: Path, pseudonymizer: Pseudonymizer
+) -> None:
+    import pickle
+
+    from ingestion.dicom.deid import PER_FRAME_KEY, metadata_json
+
+    err = pickle.loads(pickle.dumps(DicomRejected("malformed", "element (0008,0016) broken", sop_class_uid="1.2")))
+    assert (err.error_class, err.reason, err.sop_class_uid) == ("malformed", "element (0008,0016) broken", "1.2")
+    out = _read(run((dicom_dir / "eCT_Supplemental.dcm").read_bytes(), pseudonymizer).dataset_bytes)
+    assert len(out.PerFrameFunctionalGroupsSequence) == 2
+    assert len(metadata_json(out)[PER_FRAME_KEY]["Value"]) == 2
+    assert len(metadata_json(out, max_bytes=100)[PER_FRAME_KEY]["Value"]) == 1
