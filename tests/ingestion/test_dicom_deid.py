@@ -482,3 +482,40 @@ def test_rejection_pickles_and_large_per_frame_metadata_is_capped(
     assert len(out.PerFrameFunctionalGroupsSequence) == 2
     assert len(metadata_json(out)[PER_FRAME_KEY]["Value"]) == 2
     assert len(metadata_json(out, max_bytes=100)[PER_FRAME_KEY]["Value"]) == 1
+
+
+@pytest.mark.parametrize(("name", "text"), [("chrH31.dcm", "山田スキャナ"), ("chrGerm.dcm", "Röntgengerät Süd"),
+                                            ("chrX1.dcm", "王小東扫描仪")])  # fmt: skip
+def test_kept_non_ascii_text_is_transcoded_to_utf8(
+    dicom_dir: Path, pseudonymizer: Pseudonymizer, name: str, text: str
+) -> None:
+    ds = _read((dicom_dir / name).read_bytes())
+    ds.ManufacturerModelName = text  # kept by the profile; written in the file's own character set
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert text.encode("utf-8") not in buf.getvalue() or name == "chrX1.dcm"  # ISO 2022 / Latin-1 input
+    result = run(buf.getvalue(), pseudonymizer)
+    out = pydicom.dcmread(io.BytesIO(result.dataset_bytes))
+    assert out.SpecificCharacterSet == "ISO_IR 192"
+    assert out.ManufacturerModelName == text
+    assert text.encode("utf-8") in result.dataset_bytes
+    assert result.acquisition["model"] == text
+    assert result.metadata["00081090"]["Value"] == [text]
+
+
+def test_two_instances_of_one_study_share_remapped_study_and_series(
+    dicom_dir: Path, pseudonymizer: Pseudonymizer
+) -> None:
+    first = (dicom_dir / "CT_small.dcm").read_bytes()
+    ds = _read(first)
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = 2
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    a, b = run(first, pseudonymizer), run(buf.getvalue(), pseudonymizer)
+    assert (a.study_uid, a.series_uid, a.person) == (b.study_uid, b.series_uid, b.person)
+    assert a.sop_instance_uid != b.sop_instance_uid
+    fa, fb = _read(a.dataset_bytes), _read(b.dataset_bytes)
+    assert fa.FrameOfReferenceUID == fb.FrameOfReferenceUID
+    assert fa.StudyDate == fb.StudyDate

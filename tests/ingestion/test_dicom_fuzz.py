@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from ingestion.dicom import DicomDeidOptions, DicomRejected, deidentify_dicom
 from ingestion.pseudonym import Pseudonymizer
 
+# pydicom warns (tags only) about the garbage it is fed here; the warnings are expected noise.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 PS = Pseudonymizer(b"fuzz-test-key-0123456789abcdef!!")
 OPTIONS = DicomDeidOptions(max_bytes=1_000_000)
 

@@ -17,6 +17,9 @@ from pydicom.dataset import Dataset
 from ingestion.dicom import DicomDeidOptions, DicomRejected, deidentify_dicom, dicom_event_value
 from ingestion.pseudonym import Pseudonymizer
 
+# pydicom warns (tags only) about the garbage it is fed here; the warnings are expected noise.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 PS = Pseudonymizer(b"phi-property-key-0123456789abcdef")
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyzÄÖÜßéñ山田太郎王小東やまだたろうЖЯЩ"
 
