@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import astuple
 
 import numpy as np
+import pydicom
 import pytest
 from scipy.stats import ks_2samp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ingestion.simulator import COEF, ShiftSpecError, SimulationConfig, draw_population, generate_patient, parse_shift
+from ingestion.simulator import (
+    COEF,
+    ShiftSpecError,
+    SimulationConfig,
+    draw_population,
+    generate_patient,
+    parse_shift,
+    render_dicom,
+)
 from ingestion.simulator.model import CENTER, SCALE
 
 FACTORS = ("age", "bmi", "hba1c", "glucose", "family_history", "hypertension")
@@ -95,7 +105,7 @@ def test_concept_shift_changes_the_relation_not_the_covariates(baseline):
 
 EVENT_CFG = SimulationConfig(patients=240, sites=3, months=12, seed=4)
 EVENT_SHIFTS = (
-    "device:site=A,start=6,model=Ysio Max II,manufacturer=SIEMENS Healthineers",
+    "device:site=A,start=6,model=Ysio Max II,manufacturer=SIEMENS Healthineers,gain=1.3",
     "assay:site=A,start=6,analyte=glucose,offset=25",
     "coding:site=B,start=4,from=59621000,to=38341003,display=Hypertensive disorder",
 )
@@ -122,6 +132,9 @@ def test_event_level_shifts_change_what_they_claim_and_nothing_else():
             if da.action == "dicom":
                 if site == "A" and month >= 6:
                     assert (db.dicom.manufacturer, db.dicom.model) == ("SIEMENS Healthineers", "Ysio Max II")
+                    if n_device == 0:  # the gain changes the pixels, nothing else about the image
+                        pa, pb = (pydicom.dcmread(io.BytesIO(render_dicom(x.dicom))).pixel_array for x in (da, db))
+                        assert abs(pb.mean() / pa.mean() - 1.3) < 0.01
                     n_device += 1
                 else:
                     assert da.dicom == db.dicom
