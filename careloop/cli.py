@@ -11,6 +11,8 @@ from careloop.commands import gateway as gateway_cmd
 from careloop.commands import keys as keys_cmd
 from careloop.commands import publish as publish_cmd
 from careloop.commands import simulate as simulate_cmd
+from careloop.commands import stream as stream_cmd
+from careloop.commands import vocab as vocab_cmd
 from careloop.commands import sql as sql_cmd
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app.add_typer(publish_cmd.app, name="publish")
 app.command("gateway")(gateway_cmd.gateway)
 app.command("sql")(sql_cmd.sql)
 app.command("simulate")(simulate_cmd.simulate)
+app.add_typer(stream_cmd.app, name="stream")
+app.add_typer(vocab_cmd.app, name="vocab")
 
 _state = {"verbose": False}
 

@@ -1,0 +1,51 @@
+"""`careloop stream`: Kafka -> Beam -> OMOP lake, continuously (or until idle); `careloop stream status`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Stream FHIR/DICOM events from Kafka into the OMOP lake.", invoke_without_command=True,
+                  no_args_is_help=False)  # fmt: skip
+
+
+@app.callback(invoke_without_command=True)
+def stream(
+    ctx: typer.Context,
+    until_idle: float | None = typer.Option(None, "--until-idle", help="exit after this many seconds without events"),
+    batch_size: int = typer.Option(5000, "--batch-size", min=1, help="most events per micro-batch"),
+    max_wait_ms: int = typer.Option(1000, "--max-wait-ms", min=0, help="longest wait to fill a micro-batch"),
+    group: str = typer.Option("careloop-transforms", "--group", help="Kafka consumer group"),
+) -> None:
+    """Consume `fhir` and `dicom`, map to OMOP CDM v5.4 and commit each micro-batch to the lake (SIGTERM finishes
+    the batch and exits cleanly)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from careloop.console import err
+    from careloop.settings import load_settings
+    from transforms import StreamRunner
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = load_settings()
+    runner = StreamRunner(settings, batch_size=batch_size, max_wait_ms=max_wait_ms, group_id=group,
+                          install_signal_handlers=True)  # fmt: skip
+    err.print(f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.* "
+              f"(batch {batch_size}, wait {max_wait_ms} ms{'' if until_idle is None else f', idle exit {until_idle}s'})")  # fmt: skip
+    summary = runner.run(until_idle=until_idle)
+    err.print(f"{summary.batches} batches, {summary.events} events, {summary.rows_written} rows written, "
+              f"{summary.dead_letters} dead letters, {summary.events_per_s:.0f} events/s; stopped by {summary.stopped_by}")  # fmt: skip
+
+
+@app.command("status")
+def status(last: int = typer.Option(10, "--last", min=1, help="how many recent batches to show")) -> None:
+    """Recent micro-batches: events, rows, dead letters, latency, events/s and consumer lag."""
+    from careloop.commands.sql import Format, render
+    from careloop.query import run_sql
+    from careloop.settings import load_settings
+
+    cols, rows = run_sql(load_settings(), f"""
+        SELECT committed_at, mode, events, rows_written, rows_deleted, dead_letters, skipped, stale,
+               round(batch_latency_ms) AS latency_ms, round(events_per_s) AS events_per_s, consumer_lag
+        FROM omop.stream_status ORDER BY committed_at DESC LIMIT {int(last)}""")  # fmt: skip
+    render(cols, rows, Format.table)
