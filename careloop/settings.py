@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     site: str = "default-site"
     object_store_url: str | None = Field(None, description="fsspec URL for de-identified DICOM (default home/objects)")
     log_level: str = "INFO"
+    feature_online_redis: str | None = Field(None, description="Redis connection string for Feast's online store")
+    feature_registry_sql: str | None = Field(None, description="SQLAlchemy URL of a Feast SQL registry")
+    dask_scheduler_address: str | None = Field(None, description="dask.distributed scheduler for feature backfills")
     # ingestion (issue 3): de-identification and gateway limits
     deid_shift_dates: bool = Field(True, description="shift every date of a patient by one per-person offset")
     deid_keep_zip3: bool = Field(False, description="keep the 3-digit ZIP of addresses (else addresses are dropped)")

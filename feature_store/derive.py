@@ -1,0 +1,338 @@
+"""Feature derivation in SQL over the OMOP lake (DuckDB), in event time, at one lake snapshot.
+
+For each person, feature rows are computed *as of* each of their event times (the time of every measurement,
+visit, condition, drug start/end and imaging study) from the rows with an event time at or before it: a late or
+corrected event therefore changes exactly the rows from its event time on. The same query serves the stream hook
+(the touched persons, from the batch's earliest event time) and the backfill (all persons, a time range).
+Reading `AT (VERSION => snapshot)` makes every result reproducible from the recorded lake snapshot id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from feature_store.concepts import (
+    CONDITIONS,
+    GENDER,
+    LABS,
+    MEDICATION_CLASSES,
+    RACE,
+    VISIT_EMERGENCY,
+    VISIT_INPATIENT,
+    VITALS,
+)
+from feature_store.definitions import VIEWS, VITAL_STATS, VITAL_WINDOWS
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+TS_FMT = "%Y-%m-%dT%H:%M:%S+00:00"  # node-id format of feature event times in lineage (`view/entity/time`)
+FLOAT_DECIMALS = 9  # rounding makes parallel float aggregation order irrelevant to reproducibility
+# Which OMOP table feeds which view (for `omop row -> feature value` lineage edges).
+TABLE_VIEWS = {
+    "measurement": ("vitals", "labs"),
+    "visit_occurrence": ("utilization",),
+    "condition_occurrence": ("conditions",),
+    "drug_exposure": ("medications",),
+    "image_occurrence": ("imaging",),
+}
+
+
+@dataclass
+class Derived:
+    """Wide feature rows (`person_id`, `event_timestamp`, every feature) and the lineage edges that produced them."""
+
+    snapshot_id: int
+    rows: pa.Table
+    edges: pa.Table
+
+
+def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT id FROM lake.current_snapshot()").fetchall()[0][0])
+
+
+def _in_list(values: object) -> str:
+    return ", ".join(str(int(v)) for v in values)  # ints only: safe to inline
+
+
+def _values(rows: list[tuple], names: str, alias: str = "t") -> str:
+    def lit(v: object) -> str:
+        if isinstance(v, str):
+            return "'" + v.replace("'", "''") + "'"
+        return "NULL" if v is None else repr(v)
+
+    body = ", ".join("(" + ", ".join(lit(v) for v in r) + ")" for r in rows)
+    return f"(VALUES {body}) AS {alias}({names})"
+
+
+def _case(expr: str, mapping: dict[int, str]) -> str:
+    return "CASE " + expr + " " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in mapping.items()) + " END"
+
+
+def _measure_rules() -> str:
+    rows = []
+    for kind, measures in (("vital", VITALS), ("lab", LABS)):
+        for m in measures:
+            for c in m.concepts:
+                for u in m.units:
+                    rows.append((c, m.key, kind, u.unit_concept_id, u.unit_source, float(u.factor), float(u.offset),
+                                 float(m.plausible[0]), float(m.plausible[1])))  # fmt: skip
+    return _values(rows, "concept_id, key, kind, unit_concept_id, unit_source, factor, off, lo, hi", "r")
+
+
+def _set_rows(sets: tuple) -> tuple[str, str]:
+    ids = [(c, s.key) for s in sets for c in s.concepts]
+    pats = [(p, s.key) for s in sets for p in s.name_patterns] or [("\x00never\x00", "_none")]
+    return _values(ids, "concept_id, key"), _values(pats, "pattern, key", "p")
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | None) -> None:
+    at = f"AT (VERSION => {snap})"
+    pf = "" if persons is None else "WHERE person_id IN (SELECT person_id FROM _fs_persons)"
+    if persons is not None:
+        con.execute("CREATE OR REPLACE TEMP TABLE _fs_persons(person_id BIGINT)")
+        con.executemany("INSERT INTO _fs_persons VALUES (?)", [(int(p),) for p in persons])
+    ancestors = con.execute(f"SELECT count(*) FROM omop.concept_ancestor {at}").fetchall()[0][0] > 0
+    cond_ids, _ = _set_rows(CONDITIONS)
+    drug_ids, drug_pats = _set_rows(MEDICATION_CLASSES)
+
+    def src(table: str, filtered: bool = True) -> str:
+        return f"(SELECT * FROM omop.{table} {at} {pf if filtered else ''})"
+
+    def expand(ids_sql: str) -> str:  # concept set -> itself plus every descendant in CONCEPT_ANCESTOR
+        anc = (f" UNION SELECT a.descendant_concept_id, t.key FROM {ids_sql} JOIN {src('concept_ancestor', False)} a "
+               f"ON a.ancestor_concept_id = t.concept_id") if ancestors else ""  # fmt: skip
+        return f"SELECT t.concept_id, t.key FROM {ids_sql}{anc}"
+
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _fs_person AS
+        SELECT p.person_id, p.person_source_value,
+               coalesce(p.birth_datetime, make_timestamp(p.year_of_birth, coalesce(p.month_of_birth, 7),
+                        coalesce(p.day_of_birth, 1), 0, 0, 0)) AS birth,
+               coalesce(CASE p.gender_concept_id {" ".join(f"WHEN {k} THEN '{v}'" for k, v in GENDER.items())} END,
+                        'U') AS sex,
+               CASE WHEN coalesce(p.race_concept_id, 0) = 0 THEN NULL
+                    ELSE coalesce(rc.concept_name, {_case("p.race_concept_id", RACE)},
+                                  CAST(p.race_concept_id AS VARCHAR)) END AS race,
+               CASE WHEN coalesce(p.ethnicity_concept_id, 0) = 0 THEN NULL
+                    ELSE coalesce(ec.concept_name, CAST(p.ethnicity_concept_id AS VARCHAR)) END AS ethnicity
+        FROM {src("person")} p
+        LEFT JOIN {src("concept", False)} rc ON rc.concept_id = p.race_concept_id
+        LEFT JOIN {src("concept", False)} ec ON ec.concept_id = p.ethnicity_concept_id;
+
+        CREATE OR REPLACE TEMP TABLE _fs_m AS
+        SELECT m.measurement_id AS row_id, m.person_id,
+               coalesce(m.measurement_datetime, CAST(m.measurement_date AS TIMESTAMP)) AS ts,
+               r.key, r.kind, m.value_as_number * r.factor + r.off AS value
+        FROM {src("measurement")} m
+        JOIN {_measure_rules()} ON r.concept_id = m.measurement_concept_id
+             AND (m.unit_concept_id = r.unit_concept_id
+                  OR (coalesce(m.unit_concept_id, 0) = 0 AND m.unit_source_value = r.unit_source))
+        WHERE m.value_as_number IS NOT NULL
+          AND m.value_as_number * r.factor + r.off BETWEEN r.lo AND r.hi;
+
+        CREATE OR REPLACE TEMP TABLE _fs_v AS
+        SELECT visit_occurrence_id AS row_id, person_id, visit_concept_id,
+               coalesce(visit_start_datetime, CAST(visit_start_date AS TIMESTAMP)) AS ts,
+               coalesce(visit_end_datetime, CAST(visit_end_date AS TIMESTAMP),
+                        visit_start_datetime, CAST(visit_start_date AS TIMESTAMP)) AS end_ts
+        FROM omop.visit_occurrence {at} {pf};
+
+        CREATE OR REPLACE TEMP TABLE _fs_c AS
+        SELECT c.condition_occurrence_id AS row_id, c.person_id, s.key,
+               coalesce(c.condition_start_datetime, CAST(c.condition_start_date AS TIMESTAMP)) AS ts
+        FROM {src("condition_occurrence")} c
+        JOIN ({expand(cond_ids)}) s ON s.concept_id = c.condition_concept_id;
+
+        CREATE OR REPLACE TEMP TABLE _fs_d AS
+        WITH d AS (
+            SELECT drug_exposure_id AS row_id, person_id, drug_concept_id,
+                   coalesce(drug_exposure_start_datetime, CAST(drug_exposure_start_date AS TIMESTAMP)) AS ts,
+                   coalesce(CAST(drug_exposure_end_date AS TIMESTAMP) + INTERVAL 1 DAY,
+                            CAST(drug_exposure_start_date AS TIMESTAMP) + to_days(CAST(days_supply AS INTEGER)),
+                            CAST(drug_exposure_start_date AS TIMESTAMP) + INTERVAL 1 DAY) AS end_ts
+            FROM omop.drug_exposure {at} {pf}
+        ), cls AS (
+            {expand(drug_ids)}
+            UNION
+            SELECT c.concept_id, p.key FROM {src("concept", False)} c JOIN {drug_pats}
+                ON lower(c.concept_name) LIKE '%' || p.pattern || '%'
+            WHERE c.domain_id = 'Drug' AND c.concept_id IN (SELECT drug_concept_id FROM d)
+        )
+        SELECT d.*, cls.key FROM d LEFT JOIN cls ON cls.concept_id = d.drug_concept_id;
+
+        CREATE OR REPLACE TEMP TABLE _fs_i AS
+        SELECT image_occurrence_id AS row_id, person_id,
+               coalesce(image_occurrence_datetime, CAST(image_occurrence_date AS TIMESTAMP)) AS ts,
+               image_study_uid, coalesce(modality_source_value, CAST(modality_concept_id AS VARCHAR)) AS modality,
+               manufacturer, manufacturer_model_name AS model
+        FROM omop.image_occurrence {at} {pf};
+
+        CREATE OR REPLACE TEMP TABLE _fs_pay AS
+        SELECT pp.person_id, CAST(pp.payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
+               CAST(pp.payer_plan_period_end_date AS TIMESTAMP) + INTERVAL 1 DAY AS end_ts,
+               coalesce(pc.concept_name, pp.payer_source_value, CAST(pp.payer_concept_id AS VARCHAR)) AS payer
+        FROM {src("payer_plan_period")} pp
+        LEFT JOIN {src("concept", False)} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0;
+    """)
+
+
+def _grid(con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime | None,
+          since: datetime | None, include_latest: bool) -> None:  # fmt: skip
+    """As-of points: each person's event times in [start, end] and >= since; plus, when `include_latest`, the
+    person's latest event time <= end (so a stream batch always refreshes the current online value, even when
+    a delete removed the batch's own event)."""
+    base, params = ["ts IS NOT NULL", "person_id IN (SELECT person_id FROM _fs_person)"], []
+    if end is not None:
+        base.append("ts <= ?")
+        params.append(_naive_utc(end))
+    sel, sel_params = [], []
+    for value in (start, since):
+        if value is not None:
+            sel.append("ts >= ?")
+            sel_params.append(_naive_utc(value))
+    latest = "UNION SELECT person_id, max(ts) FROM e GROUP BY person_id" if include_latest else ""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _fs_g AS
+        WITH e AS (
+            SELECT DISTINCT person_id, ts FROM (
+                SELECT person_id, ts FROM _fs_m UNION ALL SELECT person_id, ts FROM _fs_v
+                UNION ALL SELECT person_id, ts FROM _fs_c UNION ALL SELECT person_id, ts FROM _fs_d
+                UNION ALL SELECT person_id, end_ts FROM _fs_d UNION ALL SELECT person_id, ts FROM _fs_i
+            ) x WHERE {" AND ".join(base)}
+        )
+        SELECT person_id, ts FROM e WHERE {" AND ".join(sel) or "true"} {latest}
+    """, params + sel_params)  # fmt: skip
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """Lake timestamps are naive UTC; aware inputs are converted, naive inputs are taken as UTC."""
+    from datetime import UTC
+
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _r(expr: str) -> str:
+    return f"round({expr}, {FLOAT_DECIMALS})"
+
+
+def _features_sql() -> str:
+    vit = []
+    for m in VITALS:
+        k = f"m.key = '{m.key}'"
+        vit.append(f"{_r(f'arg_max(m.value, row(m.ts, m.row_id)) FILTER (WHERE {k})')} AS {m.key}_latest")
+        for w in VITAL_WINDOWS:
+            for s, agg in zip(VITAL_STATS, ("avg", "min", "max"), strict=True):
+                cond = f"{k} AND m.ts > g.ts - INTERVAL {w} DAY"
+                vit.append(f"{_r(f'{agg}(m.value) FILTER (WHERE {cond})')} AS {m.key}_{s}_{w}d")
+    for m in LABS:
+        k = f"m.key = '{m.key}'"
+        vit.append(f"{_r(f'arg_max(m.value, row(m.ts, m.row_id)) FILTER (WHERE {k})')} AS {m.key}_latest")
+        slope = f"regr_slope(m.value, epoch(m.ts) / 31557600.0) FILTER (WHERE {k})"
+        vit.append(f"{_r(slope)} AS {m.key}_trend_365d")
+        vit.append(f"count(m.row_id) FILTER (WHERE {k}) AS {m.key}_count_365d")
+    inpatient, emergency = _in_list(VISIT_INPATIENT), _in_list(VISIT_EMERGENCY)
+
+    def days(w: int) -> str:
+        lo = f"greatest(v.ts, g.ts - INTERVAL {w} DAY)"
+        return (f"CAST(coalesce(sum(greatest(0, date_diff('day', {lo}, least(v.end_ts, g.ts)))) FILTER (WHERE "
+                f"v.visit_concept_id IN ({inpatient})), 0) AS BIGINT) AS inpatient_days_{w}d")  # fmt: skip
+
+    cond_flags = [f"coalesce(bool_or(c.key = '{s.key}'), false) AS hx_{s.key}" for s in CONDITIONS]
+    med_flags = [f"coalesce(bool_or(d.key = '{s.key}'), false) AS med_{s.key}" for s in MEDICATION_CLASSES]
+    return f"""
+    WITH dem AS (
+        SELECT g.person_id, g.ts, round(date_diff('day', p.birth, g.ts) / 365.25, 4) AS age_years, p.sex, p.race,
+               p.ethnicity,
+               (SELECT arg_max(payer, start_ts) FROM _fs_pay pp WHERE pp.person_id = g.person_id
+                  AND pp.start_ts <= g.ts AND pp.end_ts > g.ts) AS payer_type,
+               p.person_source_value
+        FROM _fs_g g JOIN _fs_person p USING (person_id)
+    ), meas AS (
+        SELECT g.person_id, g.ts, {", ".join(vit)}
+        FROM _fs_g g LEFT JOIN _fs_m m ON m.person_id = g.person_id AND m.ts <= g.ts
+             AND m.ts > g.ts - INTERVAL 365 DAY
+        GROUP BY g.person_id, g.ts
+    ), util AS (
+        SELECT g.person_id, g.ts,
+               count(v.row_id) FILTER (WHERE v.ts > g.ts - INTERVAL 30 DAY) AS visits_30d,
+               count(v.row_id) FILTER (WHERE v.ts > g.ts - INTERVAL 365 DAY) AS visits_365d,
+               count(v.row_id) FILTER (WHERE v.ts > g.ts - INTERVAL 30 DAY AND v.visit_concept_id IN ({emergency}))
+                   AS ed_visits_30d,
+               count(v.row_id) FILTER (WHERE v.ts > g.ts - INTERVAL 365 DAY AND v.visit_concept_id IN ({emergency}))
+                   AS ed_visits_365d,
+               {days(30)}, {days(365)}
+        FROM _fs_g g LEFT JOIN _fs_v v ON v.person_id = g.person_id AND v.ts <= g.ts
+             AND v.end_ts > g.ts - INTERVAL 365 DAY
+        GROUP BY g.person_id, g.ts
+    ), cond AS (
+        SELECT g.person_id, g.ts, {", ".join(cond_flags)}
+        FROM _fs_g g LEFT JOIN _fs_c c ON c.person_id = g.person_id AND c.ts <= g.ts
+        GROUP BY g.person_id, g.ts
+    ), med AS (
+        SELECT g.person_id, g.ts, {", ".join(med_flags)}, count(DISTINCT d.drug_concept_id) AS active_drug_count
+        FROM _fs_g g LEFT JOIN _fs_d d ON d.person_id = g.person_id AND d.ts <= g.ts AND d.end_ts > g.ts
+        GROUP BY g.person_id, g.ts
+    ), img AS (
+        SELECT g.person_id, g.ts, count(DISTINCT i.image_study_uid) AS imaging_studies_365d,
+               arg_max(i.modality, row(i.ts, i.row_id)) AS last_modality,
+               arg_max(i.manufacturer, row(i.ts, i.row_id)) AS last_scanner_manufacturer,
+               arg_max(i.model, row(i.ts, i.row_id)) AS last_scanner_model
+        FROM _fs_g g LEFT JOIN _fs_i i ON i.person_id = g.person_id AND i.ts <= g.ts
+             AND i.ts > g.ts - INTERVAL 365 DAY
+        GROUP BY g.person_id, g.ts
+    )
+    SELECT person_id, timezone('UTC', ts) AS event_timestamp, * EXCLUDE (person_id, ts)
+    FROM dem JOIN meas USING (person_id, ts) JOIN util USING (person_id, ts) JOIN cond USING (person_id, ts)
+         JOIN med USING (person_id, ts) JOIN img USING (person_id, ts)
+    ORDER BY person_id, ts
+    """
+
+
+def _edges_sql() -> str:
+    parts = []
+    sources = {"measurement": "_fs_m", "visit_occurrence": "_fs_v", "condition_occurrence": "_fs_c",
+               "drug_exposure": "_fs_d", "image_occurrence": "_fs_i"}  # fmt: skip
+    for table, views in TABLE_VIEWS.items():
+        for view in views:
+            where = ""
+            if table == "measurement":
+                where = f"AND s.kind = '{'vital' if view == 'vitals' else 'lab'}'"
+            parts.append(
+                f"SELECT DISTINCT 'omop' AS src_kind, '{table}/' || s.row_id AS src_id, 'feature' AS dst_kind, "
+                f"'{view}/' || s.person_id || '/' || strftime(s.ts, '{TS_FMT}') AS dst_id "
+                f"FROM {sources[table]} s JOIN _fs_g g ON g.person_id = s.person_id AND g.ts = s.ts {where}"
+            )
+    return " UNION ALL ".join(parts)
+
+
+def derive(con: duckdb.DuckDBPyConnection, *, snapshot_id: int | None = None, persons: list[int] | None = None,
+           start: datetime | None = None, end: datetime | None = None, since: datetime | None = None,
+           include_latest: bool = False, with_edges: bool = True) -> Derived:  # fmt: skip
+    """Feature rows for `persons` (all when None) at each of their event times in [start, end] (and >= since),
+    computed from the lake as it was at `snapshot_id` (the current snapshot when None)."""
+    snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
+    _prepare(con, snap, persons)
+    _grid(con, start, end, since, include_latest)
+    rows = con.execute(_features_sql()).to_arrow_table()
+    edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
+    for t in ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons"):
+        con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
+    if edges is None:
+        import pyarrow as pa
+
+        edges = pa.table({"src_kind": [], "src_id": [], "dst_kind": [], "dst_id": []})
+    return Derived(snap, rows, edges)
+
+
+def split_views(rows: pa.Table) -> dict[str, pa.Table]:
+    """The wide derivation result as one table per feature view (`person_id`, `event_timestamp`, its features)."""
+    return {v.name: rows.select(["person_id", "event_timestamp", *(f.name for f in v.features)]) for v in VIEWS}
+
+
+def _empty_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The derivation's schema with no rows (a lake without persons)."""
+    return derive(con, persons=[], with_edges=False).rows

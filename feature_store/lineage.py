@@ -1,0 +1,43 @@
+"""Record-level feature lineage in bulk: `omop table/row -> feature view/entity/time -> training set`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from careloop.duck import transaction
+from careloop.events import utcnow
+from careloop.settings import Settings
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+
+def insert_edges(settings: Settings, con: duckdb.DuckDBPyConnection, edges: pa.Table, *, job: str,
+                 params: Mapping[str, Any] | None = None, relation: str = "derived",
+                 run_id: str | None = None) -> int:  # fmt: skip
+    """Insert `edges` (src_kind, src_id, dst_kind, dst_id) into `lineage.edges` in one transaction, as one
+    set-based INSERT (a row-by-row writer would be the bottleneck at training-set sizes)."""
+    from lineage import LineageWriter, ensure_schema
+
+    ensure_schema(con)
+    writer = LineageWriter(settings, con=con)
+    if run_id is None:
+        run_id = writer.start_run(job, dict(params or {}), flush=False)
+    now = utcnow()
+
+    def body(c: duckdb.DuckDBPyConnection) -> int:
+        writer.write_into(c)
+        c.execute(
+            "INSERT INTO lineage.edges (run_id, src_kind, src_id, dst_kind, dst_id, relation, recorded_at, attrs) "
+            "SELECT ?, src_kind, src_id, dst_kind, dst_id, ?, ?, NULL FROM _fs_edges",
+            [run_id, relation, now],
+        )
+        return edges.num_rows
+
+    con.register("_fs_edges", edges)
+    try:
+        return transaction(con, body)
+    finally:
+        con.unregister("_fs_edges")
