@@ -12,8 +12,10 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -34,6 +36,7 @@ from ingestion.fhir_deid import (
     pseudo_id,
     shift_date_text,
 )
+from ingestion.fhir_schema import is_resource_type
 from ingestion.fhir_validate import Rejection, parse_json, resource_type_of, validate_resource
 from ingestion.pseudonym import Pseudonymizer
 from ingestion.state import IngestState
@@ -42,7 +45,19 @@ from ingestion.vault import RawVault
 NOT_DATA = frozenset({"OperationOutcome", "Parameters", "SubscriptionStatus", "Binary", "CapabilityStatement"})
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "history", "document", "message"})
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-LINEAGE_FLUSH_S = 5.0
+LINEAGE_FLUSH_S = 30.0
+SETTLE_EVERY = 5000  # without ack_each_call: wait for acks at the latest after this many events
+
+
+class CachingPseudonymizer(Pseudonymizer):
+    """Memoizes the HMACs: a bundle references the same Patient, Practitioner and Organization hundreds of times."""
+
+    def __init__(self, key: bytes, *, max_shift_days: int = 365) -> None:
+        super().__init__(key, max_shift_days=max_shift_days)
+        self.person = lru_cache(maxsize=65536)(super().person)  # type: ignore[method-assign]
+        self.resource_id = lru_cache(maxsize=262144)(super().resource_id)  # type: ignore[method-assign]
+        self.identifier = lru_cache(maxsize=65536)(super().identifier)  # type: ignore[method-assign]
+        self.date_shift_days = lru_cache(maxsize=65536)(super().date_shift_days)  # type: ignore[method-assign]
 
 
 class Outcome(BaseModel):
@@ -79,14 +94,14 @@ class Ingestor:
     """Validate, de-identify, vault, publish and record inputs from one source system."""
 
     def __init__(self, settings: Settings, *, source_system: str, site: str | None = None, publish: bool = True,
-                 pseudonymizer: Pseudonymizer | None = None) -> None:  # fmt: skip
+                 pseudonymizer: Pseudonymizer | None = None, ack_each_call: bool = True) -> None:  # fmt: skip
         from lineage import LineageWriter
 
         self.settings = settings
         self.source = source_system
         self.site = site or settings.site
         self.publish = publish
-        self.pseudo = pseudonymizer or Pseudonymizer.from_settings(settings)
+        self.pseudo = pseudonymizer or CachingPseudonymizer.from_settings(settings)
         self.options = FhirDeidOptions(settings.deid_shift_dates, settings.deid_keep_zip3, settings.deid_keep_state)
         self.state = IngestState(settings)
         self.vault = RawVault(settings)
@@ -98,7 +113,11 @@ class Ingestor:
 
             self.producer = EventProducer(settings)
         self._lock = threading.RLock()
+        self.ack_each_call = ack_each_call
         self._drained: list[Event] = []
+        self._settled: list[tuple[_Item, str | None, Any]] = []  # sent (or kept), not yet acked and recorded
+        self._inflight: dict[str, tuple[str | None, str | None, str | None]] = {}
+        self._prefetched: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._dead: list[DeadLetter] = []
         self._last_lineage_flush = time.monotonic()
         self._dicom: Any = None
@@ -186,8 +205,7 @@ class Ingestor:
     def flush(self) -> None:
         with self._lock:
             self.vault.flush()
-            if self.producer is not None:
-                self.producer.flush()
+            self._settle()
             self.lineage.flush()
             self._last_lineage_flush = time.monotonic()
 
@@ -198,6 +216,7 @@ class Ingestor:
             self._closed = True
             try:
                 self.vault.flush()
+                self._settle()
                 self.lineage.end_run("succeeded")
             finally:
                 if self.producer is not None:
@@ -251,6 +270,16 @@ class Ingestor:
                     if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
                         persons[self.pseudo.identifier(None, ident["value"])] = self.pseudo.person(r["id"])
         refs = RefIndex(full_urls, persons)
+        if self.publish:  # one seen-store query for the whole Bundle
+            eids = [str(event_id_for(self.source, _digest(e["resource"]))) for e in entries
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]  # fmt: skip
+            self._prefetched = self.state.seen(eids)
+        try:
+            return self._bundle_entries(entries, btype, refs)
+        finally:
+            self._prefetched = None
+
+    def _bundle_entries(self, entries: list[Any], btype: str, refs: RefIndex) -> list[_Item]:
         items: list[_Item] = []
         for n, e in enumerate(entries):
             if not isinstance(e, dict):
@@ -284,19 +313,26 @@ class Ingestor:
         return items
 
     def _resource_item(self, resource: Any, refs: RefIndex, *, full_url: Any = None, raw: bytes | None = None) -> _Item:
-        raw = raw if raw is not None else _dump(resource)
-        rtype = resource_type_of(resource)
-        if rtype == "Bundle":
-            raise Rejection(
-                "NestedBundle",
-                "a Bundle is not ingested as one resource: its entries are (POST it to "
-                "/fhir, or submit the inner Bundle itself)",
-            )
-        if rtype in NOT_DATA:
-            raise Rejection("NotClinicalData", f"{rtype} resources are not clinical data and are not ingested")
-        validate_resource(resource, rtype)
-        digest = content_hash(resource)
+        digest = _digest(resource)
         event_id = str(event_id_for(self.source, digest))
+        prior = self._prior(event_id)
+        if prior is not None:  # identical content already published: no validation, no de-identification
+            out = Outcome(status="duplicate", event_id=event_id, resource_type=prior[0], resource_id=prior[1],
+                          person=prior[2], http_status=200)  # fmt: skip
+            return _Item(out, "fhir", None, None, "validation", "duplicate")
+        raw = raw if raw is not None else _dump(resource)
+        try:
+            rtype = resource_type_of(resource)
+            if rtype == "Bundle":
+                raise Rejection("NestedBundle", "a Bundle is not ingested as one resource: its entries are (POST it "
+                                "to /fhir, or submit the inner Bundle itself)")  # fmt: skip
+            if rtype in NOT_DATA:
+                raise Rejection("NotClinicalData", f"{rtype} resources are not clinical data and are not ingested")
+            validate_resource(resource, rtype)
+        except Rejection as rej:
+            rt = resource.get("resourceType") if isinstance(resource, dict) else None
+            rt = rt if isinstance(rt, str) and is_resource_type(rt) else None
+            return self._reject(rej, raw, rt, None, event_id)
         logical_id = resource.get("id") or (_urn_id(full_url) if isinstance(full_url, str) else None)
         known_person = None
         if not logical_id and rtype == "Patient":
@@ -326,9 +362,10 @@ class Ingestor:
             rej = Rejection("TooLarge", f"de-identified {rtype} is {len(value)} bytes, more than max_message_bytes",
                             413)  # fmt: skip
             return self._reject(rej, raw, rtype, pid, event_id)
-        headers = EventHeaders(
-            event_id=event_id, event_type=f"fhir.{rtype}.upsert", source_system=self.source, site=self.site,
-            occurred_at=clinical_time(deid) or utcnow(), content_hash=content_hash(value),
+        # model_construct: every field is built here (no user input), and validation would cost ~30 µs an event
+        headers = EventHeaders.model_construct(
+            event_id=uuid.UUID(event_id), event_type=f"fhir.{rtype}.upsert", source_system=self.source,
+            site=self.site, occurred_at=clinical_time(deid) or utcnow(), content_hash=content_hash(value),
         )  # fmt: skip
         identifiers = []
         if rtype == "Patient":
@@ -337,7 +374,8 @@ class Ingestor:
                     identifiers.append((self.pseudo.identifier(None, ident["value"]), person))
         out = Outcome(status="accepted", event_id=event_id, resource_type=rtype, resource_id=pid, person=person,
                       http_status=201, topic=self.settings.topic("fhir"))  # fmt: skip
-        return _Item(out, "fhir", Event(key=person or pid, value=deid, headers=headers), raw, "validation",
+        event = Event.model_construct(key=person or pid, value=deid, headers=headers)
+        return _Item(out, "fhir", event, raw, "validation",
                      headers.event_type, identifiers, f"{rtype}/{pid}")  # fmt: skip
 
     def _person_of(self, resource: dict[str, Any], rtype: str, logical_id: str, refs: RefIndex) -> str | None:
@@ -372,6 +410,15 @@ class Ingestor:
             raise Rejection("MissingPatient", problem or f"{rtype} has no subject/patient reference; careloop links "
                             "every clinical resource to a Patient")  # fmt: skip
         return None
+
+    def _prior(self, event_id: str) -> tuple[str | None, str | None, str | None] | None:
+        """What an already published (or in-flight) event with this id was; None if new."""
+        if not self.publish:
+            return None
+        hit = self._inflight.get(event_id)
+        if hit is None and self._prefetched is not None:
+            return self._prefetched.get(event_id)
+        return hit if hit is not None else self.state.seen([event_id]).get(event_id)
 
     def _patient_without_id(self, resource: dict[str, Any]) -> tuple[str, str] | None:
         """A create without id: (stable keyed logical id, person) from its first identifier; a Patient already known
@@ -476,44 +523,26 @@ class Ingestor:
     def _commit(self, items: list[_Item]) -> None:
         if not items:
             return
-        accepted = [i for i in items if i.outcome.status == "accepted"]
-        already = self.state.seen(i.outcome.event_id for i in accepted) if self.publish else {}
         batch_ids: set[str] = set()
-        for i in accepted:
+        for i in items:
+            if i.outcome.status != "accepted":
+                continue
             eid = i.outcome.event_id
-            if eid in already or eid in batch_ids:
-                i.outcome.status, i.outcome.http_status, i.event = "duplicate", 200, None
-                i.outcome.topic = None
+            if eid in batch_ids or eid in self._inflight:
+                i.outcome.status, i.outcome.http_status, i.event, i.outcome.topic = "duplicate", 200, None, None
             batch_ids.add(eid)
         for i in items:
             if i.raw is not None and i.outcome.status != "duplicate":
                 i.vault_ref = self.vault.put(i.outcome.event_id, i.raw)
         self.vault.flush()  # durable before anything is published
-        sends: list[tuple[_Item, str, Event]] = []
-        for i in items:
-            if i.outcome.status == "accepted" and i.event is not None:
-                sends.append((i, i.topic, i.event))
-            elif i.outcome.status == "rejected":
-                sends.append((i, "deadletter", self._dead_letter_event(i)))
-        self._send(sends)
-        if self.publish:
-            done = [i.outcome for i in items if i.outcome.status == "accepted"]
-            self.state.mark_seen([(o.event_id, o.resource_type, o.resource_id, o.person, o.topic or "",
-                                   o.partition or 0, o.offset or 0) for o in done])  # fmt: skip
         ok = [i for i in items if i.outcome.status == "accepted"]
         links = self.state.index_identifiers([p for i in ok for p in i.identifiers])
         self.state.remember_persons([(i.resource_key, i.outcome.person) for i in ok
                                      if i.resource_key and i.outcome.person])  # fmt: skip
         for earlier, person in links:
-            self.lineage.edge(
-                "person",
-                earlier,
-                "person",
-                person,
-                "same_person",
-                {"why": "a DICOM PatientID arrived before the FHIR Patient with that identifier"},
-            )
-        self._record_lineage(items)
+            why = {"why": "a DICOM PatientID arrived before the FHIR Patient with that identifier"}
+            self.lineage.edge("person", earlier, "person", person, "same_person", why)
+        self._send(items)
 
     def _dead_letter_event(self, i: _Item) -> Event:
         o = i.outcome
@@ -530,25 +559,57 @@ class Ingestor:
             self._dead.append(dl)
         return Event(key=o.person, value=value, headers=headers)
 
-    def _send(self, sends: list[tuple[_Item, str, Event]]) -> None:
-        if not sends:
-            return
-        if self.producer is None:
-            self._drained.extend(ev for i, topic, ev in sends if topic != "deadletter")
+    def _send(self, items: list[_Item]) -> None:
+        """Hand the batch to the producer; with `ack_each_call` wait for the broker's acks now, else later."""
+        for i in items:
+            if i.outcome.status == "accepted" and i.event is not None:
+                topic, event = i.topic, i.event
+            elif i.outcome.status == "rejected":
+                topic, event = "deadletter", self._dead_letter_event(i)
+            else:
+                self._settled.append((i, None, None))
+                continue
+            if self.producer is None:
+                if topic != "deadletter":
+                    self._drained.append(event)
+                self._settled.append((i, topic, None))
+                continue
+            if i.outcome.status == "accepted":
+                o = i.outcome
+                self._inflight[o.event_id] = (o.resource_type, o.resource_id, o.person)
+            try:
+                future = self.producer.send_async(self.settings.topic(topic), event)
+            except Exception as err:
+                raise BrokerError(f"publishing to Kafka failed: {type(err).__name__}: {err}") from err
+            self._settled.append((i, topic, future))
+        if self.ack_each_call or len(self._settled) >= SETTLE_EVERY:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for acks, then mark the published events seen and record their lineage (offsets included)."""
+        pending, self._settled = self._settled, []
+        if not pending:
             return
         from kafka.errors import KafkaError
 
-        try:
-            futures = [(i, topic, self.producer.send_async(self.settings.topic(topic), ev)) for i, topic, ev in sends]
-            self.producer.flush()
-            for i, topic, fut in futures:
-                meta = fut.get(timeout=60)
-                if topic != "deadletter":
-                    i.outcome.topic, i.outcome.partition, i.outcome.offset = meta.topic, meta.partition, meta.offset
-                else:
+        if self.producer is not None:
+            try:
+                self.producer.flush()
+                for i, topic, fut in pending:
+                    if fut is None:
+                        continue
+                    meta = fut.get(timeout=60)
                     i.outcome.topic = meta.topic
-        except KafkaError as err:
-            raise BrokerError(f"publishing to Kafka failed: {type(err).__name__}: {err}") from err
+                    if topic != "deadletter":
+                        i.outcome.partition, i.outcome.offset = meta.partition, meta.offset
+            except KafkaError as err:
+                raise BrokerError(f"publishing to Kafka failed: {type(err).__name__}: {err}") from err
+            done = [i.outcome for i, topic, fut in pending if fut is not None and i.outcome.status == "accepted"]
+            self.state.mark_seen([(o.event_id, o.resource_type, o.resource_id, o.person, o.topic or "",
+                                   o.partition or 0, o.offset or 0) for o in done])  # fmt: skip
+            for o in done:
+                self._inflight.pop(o.event_id, None)
+        self._record_lineage([i for i, _, _ in pending])
 
     def _record_lineage(self, items: list[_Item]) -> None:
         from lineage import IngestRecord
@@ -574,6 +635,13 @@ def _urn_id(full_url: str | None) -> str | None:
         rid = full_url[9:]
         return rid if _ID.match(rid) else None
     return None
+
+
+def _digest(obj: Any) -> str:
+    try:
+        return content_hash(obj) if isinstance(obj, dict | list) else content_hash(_dump(obj))
+    except (TypeError, orjson.JSONEncodeError):
+        return content_hash(repr(obj))
 
 
 def _dump(obj: Any) -> bytes:

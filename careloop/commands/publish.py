@@ -61,7 +61,8 @@ def _run(kind: str, paths: list[Path], source: str, site: str | None, strict: bo
     publish_file = publish_fhir_file if kind == "fhir" else publish_dicom_file
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))  # fmt: skip
-    with Ingestor(settings, source_system=source, site=site) as ing, Progress(*columns, console=err) as progress:
+    ing_ctx = Ingestor(settings, source_system=source, site=site, ack_each_call=False)
+    with ing_ctx as ing, Progress(*columns, console=err) as progress:
         task = progress.add_task(f"publish {kind}", total=len(files), counts="")
         for f in files:
             try:
