@@ -147,7 +147,9 @@ class StreamRunner:
                     break
                 events = self._poll_batch(consumer)
                 if not events:
-                    if until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                    if not _assigned(consumer) and time.monotonic() - started < 60:
+                        idle_since = time.monotonic()  # the group join is still running: not idle yet
+                    elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
                         self._stop_reason = "idle"
                         break
                     continue
@@ -249,6 +251,11 @@ class StreamRunner:
                 event_id=uuid.uuid4(), event_type="deadletter.transform", source_system="careloop.transforms",
                 site=self.settings.site, occurred_at=utcnow(), content_hash=content_hash(value))))  # fmt: skip
         producer.send_many(topic, events)
+
+
+def _assigned(consumer: Any) -> bool:
+    inner = getattr(consumer, "_consumer", None)
+    return inner is None or bool(inner.assignment())
 
 
 def _uuid(value: Any) -> uuid.UUID | None:

@@ -51,3 +51,56 @@ def synthea_envelopes(shared_data: Path, n_bundles: int | None = None) -> list[d
         for r in bundle_resources(f):
             envs.append(envelope(r, len(envs)))
     return envs
+
+
+def fhir_event(resource: dict[str, Any], *, op: str = "upsert") -> Any:
+    """A careloop `Event` as the gateway publishes it on the `fhir` topic."""
+    import uuid
+
+    from careloop.events import Event, EventHeaders, content_hash, utcnow
+
+    value = resource if op == "upsert" else {k: resource[k] for k in ("resourceType", "id", "meta") if k in resource}
+    return Event(key=person_key(resource) or "org", value=value, headers=EventHeaders(
+        event_id=uuid.uuid4(), event_type=f"fhir.{resource['resourceType']}.{op}", source_system="test",
+        site="test-site", occurred_at=utcnow(), content_hash=content_hash(value)))  # fmt: skip
+
+
+def expected_rows(resources: list[dict[str, Any]]) -> dict[str, int]:
+    """Row counts the FHIR input implies, counted independently of the mapping code (unique ids only)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in resources:
+        seen[f"{r['resourceType']}/{r['id']}"] = r
+    exp = {"person": 0, "death": 0, "visit_occurrence": 0, "drug_exposure": 0, "clinical_events": 0,
+           "image_occurrence": 0, "provider": 0, "care_site": 0}  # fmt: skip
+    for r in seen.values():
+        t = r["resourceType"]
+        if t == "Patient":
+            exp["person"] += 1
+            exp["death"] += "deceasedDateTime" in r
+        elif t == "Encounter":
+            exp["visit_occurrence"] += 1
+        elif t in ("MedicationRequest", "Immunization"):
+            exp["drug_exposure"] += 1
+        elif t == "Observation":
+            comps = len(r.get("component") or [])
+            exp["clinical_events"] += comps + (1 if any(k.startswith("value") for k in r) or not comps else 0)
+        elif t in ("Condition", "Procedure", "AllergyIntolerance"):
+            exp["clinical_events"] += 1
+        elif t == "ImagingStudy":
+            exp["clinical_events"] += 1  # its procedure_occurrence
+            exp["image_occurrence"] += len(r.get("series") or [])
+        elif t == "Practitioner":
+            exp["provider"] += 1
+        elif t == "Organization":
+            exp["care_site"] += 1
+    return exp
+
+
+def actual_rows(con: Any) -> dict[str, int]:
+    def n(table: str) -> int:
+        return con.execute(f"SELECT count(*) FROM omop.{table}").fetchone()[0]
+
+    return {"person": n("person"), "death": n("death"), "visit_occurrence": n("visit_occurrence"),
+            "drug_exposure": n("drug_exposure"), "clinical_events": sum(n(t) for t in (
+                "condition_occurrence", "procedure_occurrence", "measurement", "observation")),
+            "image_occurrence": n("image_occurrence"), "provider": n("provider"), "care_site": n("care_site")}  # fmt: skip
