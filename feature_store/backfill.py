@@ -39,8 +39,9 @@ class BackfillResult:
     run_id: str | None = None
 
 
-def _partition(settings: Settings, snapshot_id: int, persons: list[int], start: datetime | None,
-               end: datetime | None) -> tuple[pa.Table, pa.Table]:  # fmt: skip
+def _partition(
+    settings: Settings, snapshot_id: int, persons: list[int], start: datetime | None, end: datetime | None
+) -> tuple[pa.Table, pa.Table]:
     from careloop.duck import connect
     from feature_store.derive import derive
 
@@ -69,9 +70,16 @@ def snapshot_ready(settings: Settings, snapshot_id: int) -> dict[str, Any] | Non
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
-def backfill(settings: Settings, *, start: datetime | None = None, end: datetime | None = None,
-             snapshot_id: int | None = None, partitions: int | None = None,
-             con: duckdb.DuckDBPyConnection | None = None, lineage: bool = True) -> BackfillResult:  # fmt: skip
+def backfill(
+    settings: Settings,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    snapshot_id: int | None = None,
+    partitions: int | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    lineage: bool = True,
+) -> BackfillResult:
     """Derive every person's feature rows in [start, end] at `snapshot_id` (current when None) into the
     snapshot's offline store, and record the run (snapshot id, rows) in `features.backfills` and lineage."""
     import dask
@@ -89,8 +97,12 @@ def backfill(settings: Settings, *, start: datetime | None = None, end: datetime
     con = con or connect(settings)
     try:
         snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
-        persons = [int(r[0]) for r in con.execute(
-            f"SELECT DISTINCT person_id FROM omop.person AT (VERSION => {snap}) ORDER BY 1").fetchall()]  # fmt: skip
+        persons = [
+            int(r[0])
+            for r in con.execute(
+                f"SELECT DISTINCT person_id FROM omop.person AT (VERSION => {snap}) ORDER BY 1"
+            ).fetchall()
+        ]
         n = max(1, min(partitions or max(1, len(persons) // 2000 + 1) * 2, max(1, len(persons))))
         chunks = [persons[i::n] for i in range(n)] if persons else []
         tasks = [dask.delayed(_partition)(settings, snap, c, start, end) for c in chunks if c]
@@ -111,19 +123,45 @@ def backfill(settings: Settings, *, start: datetime | None = None, end: datetime
             pq.write_table(table, tmp)
             tmp.replace(paths.parquet(view))
         open_store(settings, snap)  # registers the snapshot repo (idempotent)
-        result = BackfillResult(snap, len(persons), rows.num_rows, len(tasks), scheduler, str(paths.offline),
-                                start.isoformat() if start else None, end.isoformat() if end else None)  # fmt: skip
+        result = BackfillResult(
+            snap,
+            len(persons),
+            rows.num_rows,
+            len(tasks),
+            scheduler,
+            str(paths.offline),
+            start.isoformat() if start else None,
+            end.isoformat() if end else None,
+        )
         ensure_feature_schema(con, settings)
         ensure_schema(con)
         writer = LineageWriter(settings, con=con)
         result.run_id = writer.start_run("features.backfill", asdict(result), flush=False)
         for view in split_views(rows):
-            writer.dataset_version(f"features:{view}", "feature_view", f"snapshot-{snap}", snapshot_id=snap,
-                                   row_count=rows.num_rows, uri=str(paths.parquet(view)))  # fmt: skip
-        record = pa.Table.from_pylist([{"run_id": result.run_id, "snapshot_id": snap, "start_time": start,
-                                        "end_time": end, "persons": len(persons), "rows": rows.num_rows,
-                                        "partitions": len(tasks), "scheduler": scheduler, "uri": result.uri,
-                                        "created_at": utcnow()}])  # fmt: skip
+            writer.dataset_version(
+                f"features:{view}",
+                "feature_view",
+                f"snapshot-{snap}",
+                snapshot_id=snap,
+                row_count=rows.num_rows,
+                uri=str(paths.parquet(view)),
+            )
+        record = pa.Table.from_pylist(
+            [
+                {
+                    "run_id": result.run_id,
+                    "snapshot_id": snap,
+                    "start_time": start,
+                    "end_time": end,
+                    "persons": len(persons),
+                    "rows": rows.num_rows,
+                    "partitions": len(tasks),
+                    "scheduler": scheduler,
+                    "uri": result.uri,
+                    "created_at": utcnow(),
+                }
+            ]
+        )
 
         def body(c: duckdb.DuckDBPyConnection) -> None:
             writer.write_into(c)

@@ -64,7 +64,7 @@ VITALS: tuple[Measure, ...] = (
         "Cel",
         (_std(UNIT_CEL, "Cel"), UnitRule(UNIT_DEGF, "[degF]", 5 / 9, -32 * 5 / 9)),
         (25, 46),
-    ),  # fmt: skip
+    ),
     Measure("resp_rate", "Respiratory rate", (3024171,), "/min", (_std(UNIT_PER_MIN, "/min"),), (2, 120)),
     Measure("spo2", "Oxygen saturation", (40762499, 3016502), "%", (_std(UNIT_PERCENT, "%"),), (30, 100)),
 )
@@ -77,7 +77,7 @@ LABS: tuple[Measure, ...] = (
         "%",
         (_std(UNIT_PERCENT, "%"), UnitRule(UNIT_MMOL_MOL, "mmol/mol", 0.09148, 2.152)),
         (2, 25),
-    ),  # fmt: skip
+    ),
     Measure(
         "glucose",
         "Glucose",
@@ -85,7 +85,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_MMOL_L, "mmol/L", 18.016)),
         (10, 2000),
-    ),  # fmt: skip
+    ),
     Measure(
         "creatinine",
         "Creatinine",
@@ -93,7 +93,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_UMOL_L, "umol/L", 1 / 88.42)),
         (0.05, 30),
-    ),  # fmt: skip
+    ),
     Measure(
         "egfr",
         "eGFR (creatinine-based)",
@@ -101,7 +101,7 @@ LABS: tuple[Measure, ...] = (
         "mL/min/{1.73_m2}",
         (_std(UNIT_ML_MIN_173, "mL/min/{1.73_m2}"),),
         (1, 250),
-    ),  # fmt: skip
+    ),
     Measure(
         "cholesterol_total",
         "Total cholesterol",
@@ -109,7 +109,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_MMOL_L, "mmol/L", 38.67)),
         (20, 1500),
-    ),  # fmt: skip
+    ),
     Measure(
         "ldl",
         "LDL cholesterol",
@@ -117,7 +117,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_MMOL_L, "mmol/L", 38.67)),
         (5, 1000),
-    ),  # fmt: skip
+    ),
     Measure(
         "hdl",
         "HDL cholesterol",
@@ -125,7 +125,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_MMOL_L, "mmol/L", 38.67)),
         (5, 300),
-    ),  # fmt: skip
+    ),
     Measure(
         "triglycerides",
         "Triglycerides",
@@ -133,7 +133,7 @@ LABS: tuple[Measure, ...] = (
         "mg/dL",
         (_std(UNIT_MG_DL, "mg/dL"), UnitRule(UNIT_MMOL_L, "mmol/L", 88.57)),
         (10, 10000),
-    ),  # fmt: skip
+    ),
 )
 
 
@@ -162,7 +162,7 @@ MEDICATION_CLASSES: tuple[ConceptSet, ...] = (
         "HMG-CoA reductase inhibitors",
         (1539403, 1545958, 1510813, 1551860, 1592085),
         ("simvastatin", "atorvastatin", "rosuvastatin", "pravastatin", "lovastatin"),
-    ),  # fmt: skip
+    ),
     ConceptSet("ace_inhibitor", "ACE inhibitors", (1308216, 1341927, 1334456), ("lisinopril", "enalapril", "ramipril")),
     ConceptSet("arb", "Angiotensin receptor blockers", (1367500, 1308842), ("losartan", "valsartan")),
     ConceptSet("thiazide", "Thiazide diuretics", (974166, 1395058), ("hydrochlorothiazide", "chlorthalidone")),
@@ -176,7 +176,7 @@ MEDICATION_CLASSES: tuple[ConceptSet, ...] = (
         "Opioids",
         (1124957, 1154029, 1103314, 1201620, 1102527),
         ("oxycodone", "fentanyl", "tramadol", "codeine", "meperidine", "hydrocodone"),
-    ),  # fmt: skip
+    ),
 )
 
 # --- visits (utilization) ----------------------------------------------------------------------------------------
@@ -185,5 +185,10 @@ VISIT_EMERGENCY = (9203, 262)
 
 GENDER = {8507: "M", 8532: "F"}
 # OMOP Race concepts (used when the lake's vocabulary subset lacks them, as Eunomia does).
-RACE = {8527: "White", 8516: "Black or African American", 8515: "Asian", 8557: "Native Hawaiian or Other Pacific Islander",
-        8657: "American Indian or Alaska Native"}  # fmt: skip
+RACE = {
+    8527: "White",
+    8516: "Black or African American",
+    8515: "Asian",
+    8557: "Native Hawaiian or Other Pacific Islander",
+    8657: "American Indian or Alaska Native",
+}

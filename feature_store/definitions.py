@@ -87,7 +87,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             "a",
             source_tables=t,
             phi_class="quasi-identifier",
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "sex",
             "demographics",
@@ -95,7 +95,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             "Sex from gender_concept_id (M, F or U)",
             source_concepts=tuple(GENDER),
             source_tables=t,
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "race",
             "demographics",
@@ -105,7 +105,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             phi_class="sensitive",
             role="evaluation-only",
             proxy_risk="socioeconomic",
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "ethnicity",
             "demographics",
@@ -115,7 +115,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             phi_class="sensitive",
             role="evaluation-only",
             proxy_risk="socioeconomic",
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "payer_type",
             "demographics",
@@ -125,7 +125,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             phi_class="sensitive",
             role="evaluation-only",
             proxy_risk="cost",
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "person_source_value",
             "demographics",
@@ -134,7 +134,7 @@ def _demographics() -> tuple[FeatureSpec, ...]:
             source_tables=t,
             phi_class="pseudonymous-identifier",
             role="prohibited",
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -146,12 +146,32 @@ def _vitals() -> tuple[FeatureSpec, ...]:
     out: list[FeatureSpec] = []
     for m in VITALS:
         c, t = m.concepts, ("measurement",)
-        out.append(FeatureSpec(f"{m.key}_latest", "vitals", "float", f"{m.label}: latest value within 365 days",
-                               m.unit, c, t, freshness_target="PT2S"))  # fmt: skip
+        out.append(
+            FeatureSpec(
+                f"{m.key}_latest",
+                "vitals",
+                "float",
+                f"{m.label}: latest value within 365 days",
+                m.unit,
+                c,
+                t,
+                freshness_target="PT2S",
+            )
+        )
         for w in VITAL_WINDOWS:
             for s in VITAL_STATS:
-                out.append(FeatureSpec(f"{m.key}_{s}_{w}d", "vitals", "float", f"{m.label}: {s} over {w} days",
-                                       m.unit, c, t, freshness_target="PT2S"))  # fmt: skip
+                out.append(
+                    FeatureSpec(
+                        f"{m.key}_{s}_{w}d",
+                        "vitals",
+                        "float",
+                        f"{m.label}: {s} over {w} days",
+                        m.unit,
+                        c,
+                        t,
+                        freshness_target="PT2S",
+                    )
+                )
     return tuple(out)
 
 
@@ -159,10 +179,28 @@ def _labs() -> tuple[FeatureSpec, ...]:
     out: list[FeatureSpec] = []
     for m in LABS:
         c, t = m.concepts, ("measurement",)
-        out.append(FeatureSpec(f"{m.key}_latest", "labs", "float",
-                               f"{m.label}: latest value within 365 days, in {m.unit}", m.unit, c, t))  # fmt: skip
-        out.append(FeatureSpec(f"{m.key}_trend_365d", "labs", "float",
-                               f"{m.label}: least-squares slope over 365 days", f"{m.unit}/a", c, t))  # fmt: skip
+        out.append(
+            FeatureSpec(
+                f"{m.key}_latest",
+                "labs",
+                "float",
+                f"{m.label}: latest value within 365 days, in {m.unit}",
+                m.unit,
+                c,
+                t,
+            )
+        )
+        out.append(
+            FeatureSpec(
+                f"{m.key}_trend_365d",
+                "labs",
+                "float",
+                f"{m.label}: least-squares slope over 365 days",
+                f"{m.unit}/a",
+                c,
+                t,
+            )
+        )
         out.append(FeatureSpec(f"{m.key}_count_365d", "labs", "int", f"{m.label}: results in 365 days", "1", c, t))
     return tuple(out)
 
@@ -172,7 +210,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
     return (
         FeatureSpec(
             "visits_30d", "utilization", "int", "Visits started in the last 30 days", "1", source_tables=t, proxy_risk=p
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "visits_365d",
             "utilization",
@@ -181,7 +219,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
             "1",
             source_tables=t,
             proxy_risk=p,
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "ed_visits_30d",
             "utilization",
@@ -191,7 +229,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
             VISIT_EMERGENCY,
             t,
             proxy_risk=p,
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "ed_visits_365d",
             "utilization",
@@ -201,7 +239,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
             VISIT_EMERGENCY,
             t,
             proxy_risk=p,
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "inpatient_days_30d",
             "utilization",
@@ -211,7 +249,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
             VISIT_INPATIENT,
             t,
             proxy_risk=p,
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "inpatient_days_365d",
             "utilization",
@@ -221,7 +259,7 @@ def _utilization() -> tuple[FeatureSpec, ...]:
             VISIT_INPATIENT,
             t,
             proxy_risk=p,
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -234,7 +272,7 @@ def _conditions() -> tuple[FeatureSpec, ...]:
             f"History of {s.label} recorded at or before event time",
             source_concepts=s.concepts,
             source_tables=("condition_occurrence",),
-        )  # fmt: skip
+        )
         for s in CONDITIONS
     )
 
@@ -249,11 +287,14 @@ def _medications() -> tuple[FeatureSpec, ...]:
             f"Active exposure to {s.label} at event time",
             source_concepts=s.concepts,
             source_tables=t,
-        )  # fmt: skip
+        )
         for s in MEDICATION_CLASSES
     ]
-    out.append(FeatureSpec("active_drug_count", "medications", "int", "Distinct drugs with an active exposure", "1",
-                           source_tables=t))  # fmt: skip
+    out.append(
+        FeatureSpec(
+            "active_drug_count", "medications", "int", "Distinct drugs with an active exposure", "1", source_tables=t
+        )
+    )
     return tuple(out)
 
 
@@ -268,10 +309,8 @@ def _imaging() -> tuple[FeatureSpec, ...]:
             "1",
             source_tables=t,
             proxy_risk="utilization",
-        ),  # fmt: skip
-        FeatureSpec(
-            "last_modality", "imaging", "string", "Modality of the latest study (DICOM code)", source_tables=t
-        ),  # fmt: skip
+        ),
+        FeatureSpec("last_modality", "imaging", "string", "Modality of the latest study (DICOM code)", source_tables=t),
         FeatureSpec(
             "last_scanner_manufacturer",
             "imaging",
@@ -279,7 +318,7 @@ def _imaging() -> tuple[FeatureSpec, ...]:
             "Scanner manufacturer of the latest study (acquisition shift attribute)",
             source_tables=t,
             role="evaluation-only",
-        ),  # fmt: skip
+        ),
         FeatureSpec(
             "last_scanner_model",
             "imaging",
@@ -287,7 +326,7 @@ def _imaging() -> tuple[FeatureSpec, ...]:
             "Scanner model of the latest study (acquisition shift attribute)",
             source_tables=t,
             role="evaluation-only",
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -305,11 +344,11 @@ def _with_used_by(views: tuple[ViewSpec, ...], tasks: tuple[Task, ...]) -> tuple
 _BASE_VIEWS: tuple[ViewSpec, ...] = (
     ViewSpec(
         "demographics", "Age, sex and sensitive attributes", 3650, ("person", "payer_plan_period"), _demographics()
-    ),  # fmt: skip
+    ),
     ViewSpec("vitals", "Vital signs: latest and 7/30-day mean, min, max", 365, ("measurement",), _vitals()),
     ViewSpec(
         "labs", "Laboratory results in standard units: latest, 365-day trend and count", 365, ("measurement",), _labs()
-    ),  # fmt: skip
+    ),
     ViewSpec("utilization", "Encounters, ED visits and inpatient days", 365, ("visit_occurrence",), _utilization()),
     ViewSpec("conditions", "Condition history flags", 3650, ("condition_occurrence",), _conditions()),
     ViewSpec("medications", "Active medication classes", 365, ("drug_exposure",), _medications()),
@@ -329,7 +368,7 @@ TASKS: tuple[Task, ...] = (
                 f"{k}_{s}"
                 for k in ("hba1c", "glucose", "cholesterol_total", "ldl", "hdl", "triglycerides", "creatinine")
                 for s in ("latest", "trend_365d", "count_365d")
-            ),  # fmt: skip
+            ),
             "visits_365d",
             "ed_visits_365d",
             "inpatient_days_365d",

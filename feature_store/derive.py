@@ -78,8 +78,19 @@ def _measure_rules() -> str:
         for m in measures:
             for c in m.concepts:
                 for u in m.units:
-                    rows.append((c, m.key, kind, u.unit_concept_id, u.unit_source, float(u.factor), float(u.offset),
-                                 float(m.plausible[0]), float(m.plausible[1])))  # fmt: skip
+                    rows.append(
+                        (
+                            c,
+                            m.key,
+                            kind,
+                            u.unit_concept_id,
+                            u.unit_source,
+                            float(u.factor),
+                            float(u.offset),
+                            float(m.plausible[0]),
+                            float(m.plausible[1]),
+                        )
+                    )
     return _values(rows, "concept_id, key, kind, unit_concept_id, unit_source, factor, off, lo, hi", "r")
 
 
@@ -103,8 +114,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
         return f"(SELECT * FROM omop.{table} {at} {pf if filtered else ''})"
 
     def expand(ids_sql: str) -> str:  # concept set -> itself plus every descendant in CONCEPT_ANCESTOR
-        anc = (f" UNION SELECT a.descendant_concept_id, t.key FROM {ids_sql} JOIN {src('concept_ancestor', False)} a "
-               f"ON a.ancestor_concept_id = t.concept_id") if ancestors else ""  # fmt: skip
+        anc = (
+            (
+                f" UNION SELECT a.descendant_concept_id, t.key FROM {ids_sql} JOIN {src('concept_ancestor', False)} a "
+                f"ON a.ancestor_concept_id = t.concept_id"
+            )
+            if ancestors
+            else ""
+        )
         return f"SELECT t.concept_id, t.key FROM {ids_sql}{anc}"
 
     con.execute(f"""
@@ -180,8 +197,13 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
     """)
 
 
-def _grid(con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime | None,
-          since: datetime | None, include_latest: bool) -> None:  # fmt: skip
+def _grid(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime | None,
+    end: datetime | None,
+    since: datetime | None,
+    include_latest: bool,
+) -> None:
     """As-of points: each person's event times in [start, end] and >= since; plus, when `include_latest`, the
     person's latest event time <= end (so a stream batch always refreshes the current online value, even when
     a delete removed the batch's own event)."""
@@ -195,7 +217,8 @@ def _grid(con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime 
             sel.append("ts >= ?")
             sel_params.append(_naive_utc(value))
     latest = "UNION SELECT person_id, max(ts) FROM e GROUP BY person_id" if include_latest else ""
-    con.execute(f"""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE _fs_g AS
         WITH e AS (
             SELECT DISTINCT person_id, ts FROM (
@@ -205,7 +228,9 @@ def _grid(con: duckdb.DuckDBPyConnection, start: datetime | None, end: datetime 
             ) x WHERE {" AND ".join(base)}
         )
         SELECT person_id, ts FROM e WHERE {" AND ".join(sel) or "true"} {latest}
-    """, params + sel_params)  # fmt: skip
+    """,
+        params + sel_params,
+    )
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -238,8 +263,10 @@ def _features_sql() -> str:
 
     def days(w: int) -> str:
         lo = f"greatest(v.ts, g.ts - INTERVAL {w} DAY)"
-        return (f"CAST(coalesce(sum(greatest(0, date_diff('day', {lo}, least(v.end_ts, g.ts)))) FILTER (WHERE "
-                f"v.visit_concept_id IN ({inpatient})), 0) AS BIGINT) AS inpatient_days_{w}d")  # fmt: skip
+        return (
+            f"CAST(coalesce(sum(greatest(0, date_diff('day', {lo}, least(v.end_ts, g.ts)))) FILTER (WHERE "
+            f"v.visit_concept_id IN ({inpatient})), 0) AS BIGINT) AS inpatient_days_{w}d"
+        )
 
     cond_flags = [f"coalesce(bool_or(c.key = '{s.key}'), false) AS hx_{s.key}" for s in CONDITIONS]
     med_flags = [f"coalesce(bool_or(d.key = '{s.key}'), false) AS med_{s.key}" for s in MEDICATION_CLASSES]
@@ -294,8 +321,13 @@ def _features_sql() -> str:
 
 def _edges_sql() -> str:
     parts = []
-    sources = {"measurement": "_fs_m", "visit_occurrence": "_fs_v", "condition_occurrence": "_fs_c",
-               "drug_exposure": "_fs_d", "image_occurrence": "_fs_i"}  # fmt: skip
+    sources = {
+        "measurement": "_fs_m",
+        "visit_occurrence": "_fs_v",
+        "condition_occurrence": "_fs_c",
+        "drug_exposure": "_fs_d",
+        "image_occurrence": "_fs_i",
+    }
     for table, views in TABLE_VIEWS.items():
         for view in views:
             where = ""
@@ -309,9 +341,17 @@ def _edges_sql() -> str:
     return " UNION ALL ".join(parts)
 
 
-def derive(con: duckdb.DuckDBPyConnection, *, snapshot_id: int | None = None, persons: list[int] | None = None,
-           start: datetime | None = None, end: datetime | None = None, since: datetime | None = None,
-           include_latest: bool = False, with_edges: bool = True) -> Derived:  # fmt: skip
+def derive(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    snapshot_id: int | None = None,
+    persons: list[int] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    since: datetime | None = None,
+    include_latest: bool = False,
+    with_edges: bool = True,
+) -> Derived:
     """Feature rows for `persons` (all when None) at each of their event times in [start, end] (and >= since),
     computed from the lake as it was at `snapshot_id` (the current snapshot when None)."""
     snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)

@@ -14,9 +14,16 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def insert_edges(settings: Settings, con: duckdb.DuckDBPyConnection, edges: pa.Table, *, job: str,
-                 params: Mapping[str, Any] | None = None, relation: str = "derived",
-                 run_id: str | None = None) -> int:  # fmt: skip
+def insert_edges(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    edges: pa.Table,
+    *,
+    job: str,
+    params: Mapping[str, Any] | None = None,
+    relation: str = "derived",
+    run_id: str | None = None,
+) -> int:
     """Insert `edges` (src_kind, src_id, dst_kind, dst_id) into `lineage.edges` in one transaction, as one
     set-based INSERT (a row-by-row writer would be the bottleneck at training-set sizes)."""
     from lineage import LineageWriter, ensure_schema

@@ -34,9 +34,13 @@ def ensure_feature_schema(con: duckdb.DuckDBPyConnection, settings: Settings) ->
     with _schema_lock:
         if key in _schema_done:
             return
-        have = {r[0] for r in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = 'features'").fetchall()}  # fmt: skip
+        have = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                "AND schema_name = 'features'"
+            ).fetchall()
+        }
         if not {"rejected", "backfills", "training_sets", "reference_distributions"} <= have:
             ddl = resources.files("feature_store").joinpath("schema.sql").read_text()
             transaction(con, lambda c: c.execute(ddl))
@@ -67,8 +71,14 @@ def _coerce(df: pd.DataFrame, view: str) -> tuple[pd.DataFrame, dict[int, str]]:
     extra = [c for c in df.columns if c not in known]
     missing = [c for c in (JOIN_KEY, TS, *(f.name for f in spec.features)) if c not in df.columns]
     if extra or missing:
-        why = "; ".join(x for x in (f"unknown column(s) {', '.join(map(str, extra))}" if extra else "",
-                                    f"missing column(s) {', '.join(missing)}" if missing else "") if x)  # fmt: skip
+        why = "; ".join(
+            x
+            for x in (
+                f"unknown column(s) {', '.join(map(str, extra))}" if extra else "",
+                f"missing column(s) {', '.join(missing)}" if missing else "",
+            )
+            if x
+        )
         return df.iloc[0:0], dict.fromkeys(range(len(df)), f"frame does not match view {view!r}: {why}")
     out = pd.DataFrame(index=df.index)
     pid = pd.to_numeric(df[JOIN_KEY], errors="coerce")
@@ -118,8 +128,9 @@ def _broker_configured(settings: Settings) -> bool:
     return LocalBroker(settings).state() is not None
 
 
-def dead_letter(settings: Settings, con: duckdb.DuckDBPyConnection, view: str, rejected: list[dict[str, Any]],
-                source: str) -> bool:  # fmt: skip
+def dead_letter(
+    settings: Settings, con: duckdb.DuckDBPyConnection, view: str, rejected: list[dict[str, Any]], source: str
+) -> bool:
     """Record refused rows in `features.rejected`, then on the `deadletter` topic when a broker is configured.
     Returns whether they were also published."""
     import orjson
@@ -129,9 +140,18 @@ def dead_letter(settings: Settings, con: duckdb.DuckDBPyConnection, view: str, r
 
     ensure_feature_schema(con, settings)
     now = utcnow()
-    rows = [{"rejected_at": now, "view": view, "source": source, "person_id": r["person_id"],
-             "event_timestamp": r["event_timestamp"], "reason": r["reason"],
-             "payload": orjson.dumps(r["row"], default=str).decode()} for r in rejected]  # fmt: skip
+    rows = [
+        {
+            "rejected_at": now,
+            "view": view,
+            "source": source,
+            "person_id": r["person_id"],
+            "event_timestamp": r["event_timestamp"],
+            "reason": r["reason"],
+            "payload": orjson.dumps(r["row"], default=str).decode(),
+        }
+        for r in rejected
+    ]
     table = pa.Table.from_pylist(rows)
 
     def body(c: duckdb.DuckDBPyConnection) -> None:
@@ -151,20 +171,37 @@ def dead_letter(settings: Settings, con: duckdb.DuckDBPyConnection, view: str, r
 
     events = []
     for r in rejected:
-        letter = DeadLetter(stage="features", error_class="FeaturePushError", reason=r["reason"],
-                            payload=r["row"], details={"view": view, "source": source})  # fmt: skip
+        letter = DeadLetter(
+            stage="features",
+            error_class="FeaturePushError",
+            reason=r["reason"],
+            payload=r["row"],
+            details={"view": view, "source": source},
+        )
         value = letter.model_dump(mode="json")
-        headers = EventHeaders(event_id=uuid.uuid4(), event_type="features.push.rejected",
-                               source_system="careloop.features", site=settings.site, occurred_at=now,
-                               content_hash=content_hash(value))  # fmt: skip
+        headers = EventHeaders(
+            event_id=uuid.uuid4(),
+            event_type="features.push.rejected",
+            source_system="careloop.features",
+            site=settings.site,
+            occurred_at=now,
+            content_hash=content_hash(value),
+        )
         events.append(Event(key=str(r["person_id"]), value=value, headers=headers))
     with EventProducer(settings) as producer:
         producer.send_many(settings.topic("deadletter"), events)
     return True
 
 
-def push_frame(settings: Settings, view: str, df: pd.DataFrame, *, con: duckdb.DuckDBPyConnection,
-               source: str = "api", strict: bool = True) -> PushResult:  # fmt: skip
+def push_frame(
+    settings: Settings,
+    view: str,
+    df: pd.DataFrame,
+    *,
+    con: duckdb.DuckDBPyConnection,
+    source: str = "api",
+    strict: bool = True,
+) -> PushResult:
     """Validate `df` against `view`, dead-letter refused rows, push the accepted ones online (latest per person)
     and offline (all). Raises `FeaturePushError` after dead-lettering when any row was refused (`strict`)."""
     import pandas as pd
@@ -181,10 +218,19 @@ def push_frame(settings: Settings, view: str, df: pd.DataFrame, *, con: duckdb.D
             reasons.setdefault(int(i), f"unknown entity: person_id {int(clean.at[i, JOIN_KEY])} is not in omop.person")
     result = PushResult(view)
     if reasons:
-        result.rejected = [{"person_id": None if pd.isna(df.at[i, JOIN_KEY]) else str(df.at[i, JOIN_KEY])
-                            if JOIN_KEY in df else None,
-                            "event_timestamp": str(df.at[i, TS]) if TS in df else None, "reason": why,
-                            "row": df.iloc[i].to_dict()} for i, why in sorted(reasons.items())]  # fmt: skip
+        result.rejected = [
+            {
+                "person_id": None
+                if pd.isna(df.at[i, JOIN_KEY])
+                else str(df.at[i, JOIN_KEY])
+                if JOIN_KEY in df
+                else None,
+                "event_timestamp": str(df.at[i, TS]) if TS in df else None,
+                "reason": why,
+                "row": df.iloc[i].to_dict(),
+            }
+            for i, why in sorted(reasons.items())
+        ]
         dead_letter(settings, con, view, result.rejected, source)
     good = clean.drop(index=[i for i in reasons if i in clean.index])
     if len(good):

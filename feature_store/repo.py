@@ -37,9 +37,14 @@ def arrow_type(dtype: Dtype) -> pa.DataType:
 def view_schema(view: ViewSpec) -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema([pa.field(JOIN_KEY, pa.int64()), pa.field(TS, pa.timestamp("us", tz="UTC")),
-                      pa.field(CREATED, pa.timestamp("us", tz="UTC")),
-                      *(pa.field(f.name, arrow_type(f.dtype)) for f in view.features)])  # fmt: skip
+    return pa.schema(
+        [
+            pa.field(JOIN_KEY, pa.int64()),
+            pa.field(TS, pa.timestamp("us", tz="UTC")),
+            pa.field(CREATED, pa.timestamp("us", tz="UTC")),
+            *(pa.field(f.name, arrow_type(f.dtype)) for f in view.features),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,22 @@ def build_objects(paths: RepoPaths) -> list[Any]:
     from feast.types import Bool, Float64, Int64, String
 
     ftype = {"float": Float64, "int": Int64, "bool": Bool, "string": String}
-    person = Entity(name=ENTITY, join_keys=[JOIN_KEY], value_type=ValueType.INT64,
-                    description="OMOP person (pseudonymous; person_source_value is the gateway pseudonym)",
-                    tags={"phi_class": "pseudonymous-identifier", "owner": "careloop-feature-store"})  # fmt: skip
+    person = Entity(
+        name=ENTITY,
+        join_keys=[JOIN_KEY],
+        value_type=ValueType.INT64,
+        description="OMOP person (pseudonymous; person_source_value is the gateway pseudonym)",
+        tags={"phi_class": "pseudonymous-identifier", "owner": "careloop-feature-store"},
+    )
     objects: list[Any] = [person]
     views: dict[str, FeatureView] = {}
     for v in VIEWS:
-        batch = FileSource(name=f"{v.name}_offline", path=str(paths.parquet(v.name)), timestamp_field=TS,
-                           created_timestamp_column=CREATED)  # fmt: skip
+        batch = FileSource(
+            name=f"{v.name}_offline",
+            path=str(paths.parquet(v.name)),
+            timestamp_field=TS,
+            created_timestamp_column=CREATED,
+        )
         push = PushSource(name=f"{v.name}_push", batch_source=batch)
         fv = FeatureView(
             name=v.name,
@@ -128,7 +141,7 @@ def build_objects(paths: RepoPaths) -> list[Any]:
             ttl=timedelta(days=v.ttl_days),
             schema=[
                 Field(name=f.name, dtype=ftype[f.dtype], description=f.description, tags=f.tags()) for f in v.features
-            ],  # fmt: skip
+            ],
             source=push,
             online=True,
             description=v.description,
@@ -142,8 +155,14 @@ def build_objects(paths: RepoPaths) -> list[Any]:
             names = [f.name for f in v.features if f.name in t.features]
             if names:
                 projections.append(views[v.name][names])
-        objects.append(FeatureService(name=t.name, features=projections, description=t.description,
-                                      tags={"allow_sensitive": ",".join(sorted(t.allow_sensitive))}))  # fmt: skip
+        objects.append(
+            FeatureService(
+                name=t.name,
+                features=projections,
+                description=t.description,
+                tags={"allow_sensitive": ",".join(sorted(t.allow_sensitive))},
+            )
+        )
     return objects
 
 

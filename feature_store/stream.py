@@ -50,9 +50,15 @@ class StreamFeatureHook:
             t0 = time.perf_counter()
             since = getattr(batch, "min_event_time", None)
             # +1 day of slack: drug exposures end at day granularity and must never be cut off by clock skew
-            derived = derive(self.con, snapshot_id=batch.snapshot_id, persons=persons, since=since,
-                             end=utcnow() + timedelta(days=1), include_latest=True,
-                             with_edges=self.lineage)  # fmt: skip
+            derived = derive(
+                self.con,
+                snapshot_id=batch.snapshot_id,
+                persons=persons,
+                since=since,
+                end=utcnow() + timedelta(days=1),
+                include_latest=True,
+                with_edges=self.lineage,
+            )
             t1 = time.perf_counter()
             frame = derived.rows.to_pandas()
             for view, table in split_views(derived.rows).items():
@@ -60,16 +66,27 @@ class StreamFeatureHook:
             t2 = time.perf_counter()
             if self.lineage and derived.edges.num_rows:
                 self._write_edges(derived)
-            self.last_stats = {"persons": len(persons), "rows": len(frame), "snapshot_id": derived.snapshot_id,
-                               "derive_s": t1 - t0, "push_s": t2 - t1, "total_s": time.perf_counter() - t0}  # fmt: skip
+            self.last_stats = {
+                "persons": len(persons),
+                "rows": len(frame),
+                "snapshot_id": derived.snapshot_id,
+                "derive_s": t1 - t0,
+                "push_s": t2 - t1,
+                "total_s": time.perf_counter() - t0,
+            }
             return self.last_stats
 
     def _write_edges(self, derived: Any) -> None:
         from feature_store.lineage import insert_edges
 
         try:
-            insert_edges(self.settings, self.con, derived.edges, job="features.stream",
-                         params={"snapshot_id": derived.snapshot_id})  # fmt: skip
+            insert_edges(
+                self.settings,
+                self.con,
+                derived.edges,
+                job="features.stream",
+                params={"snapshot_id": derived.snapshot_id},
+            )
         except Exception as err:
             raise FeatureStoreError(f"feature lineage write failed: {err}") from err
 

@@ -51,8 +51,10 @@ def _entity_frame(entity_df: pd.DataFrame) -> pd.DataFrame:
     ts = pd.to_datetime(df[TS], errors="coerce", utc=True)
     bad = pid.isna() | ts.isna()
     if bad.any():
-        raise FeatureStoreError(f"{int(bad.sum())} entity row(s) have no integer person_id or no index time "
-                                f"(first at row {int(bad.idxmax())})")  # fmt: skip
+        raise FeatureStoreError(
+            f"{int(bad.sum())} entity row(s) have no integer person_id or no index time "
+            f"(first at row {int(bad.idxmax())})"
+        )
     df[JOIN_KEY] = pid.astype("int64")
     df[TS] = ts.astype("datetime64[us, UTC]")
     df[_ROW] = range(len(df))
@@ -92,9 +94,16 @@ def historical_features(settings: Settings, entity: pd.DataFrame, service: str, 
     return out[[JOIN_KEY, TS, *names]]
 
 
-def training_set(settings: Settings, entity_df: pd.DataFrame, service: str = DEFAULT_TASK, *,
-                 snapshot_id: int | None = None, out: str | Path | None = None,
-                 con: duckdb.DuckDBPyConnection | None = None, record: bool = True) -> TrainingSet:  # fmt: skip
+def training_set(
+    settings: Settings,
+    entity_df: pd.DataFrame,
+    service: str = DEFAULT_TASK,
+    *,
+    snapshot_id: int | None = None,
+    out: str | Path | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    record: bool = True,
+) -> TrainingSet:
     """Features as they were at each row's index time, from the lake at `snapshot_id` (current when None)."""
     from careloop.duck import connect
     from feature_store.derive import current_snapshot
@@ -143,9 +152,16 @@ def reference_distributions(result: TrainingSet) -> list[dict[str, Any]]:
         if spec is None:
             continue
         col = result.frame[name]
-        base = {"training_set_id": result.training_set_id, "service": result.service,
-                "snapshot_id": result.snapshot_id, "feature": name, "view": spec.view, "n": len(col),
-                "n_null": int(col.isna().sum()), "created_at": now}  # fmt: skip
+        base = {
+            "training_set_id": result.training_set_id,
+            "service": result.service,
+            "snapshot_id": result.snapshot_id,
+            "feature": name,
+            "view": spec.view,
+            "n": len(col),
+            "n_null": int(col.isna().sum()),
+            "created_at": now,
+        }
         if spec.dtype in ("float", "int"):
             v = pd.to_numeric(col, errors="coerce").dropna().astype(float).to_numpy()
             if len(v):
@@ -158,8 +174,18 @@ def reference_distributions(result: TrainingSet) -> list[dict[str, Any]]:
             rows.append(base | stats | {"kind": "numeric", "quantiles": json.dumps(qs), "histogram": json.dumps(hist)})
         else:
             counts = col.dropna().astype(str).value_counts().sort_index()
-            rows.append(base | {"kind": "categorical", "mean": None, "std": None, "min": None, "max": None,
-                                "quantiles": None, "histogram": json.dumps(counts.to_dict())})  # fmt: skip
+            rows.append(
+                base
+                | {
+                    "kind": "categorical",
+                    "mean": None,
+                    "std": None,
+                    "min": None,
+                    "max": None,
+                    "quantiles": None,
+                    "histogram": json.dumps(counts.to_dict()),
+                }
+            )
     return rows
 
 
@@ -175,17 +201,36 @@ def _record(settings: Settings, con: duckdb.DuckDBPyConnection, result: Training
     ensure_feature_schema(con, settings)
     ensure_schema(con)
     writer = LineageWriter(settings, con=con)
-    run_id = writer.start_run("features.training_set", {"service": result.service, "snapshot_id": result.snapshot_id,
-                                                        "rows": len(result.frame)}, flush=False)  # fmt: skip
-    writer.dataset_version(f"training_set:{result.training_set_id}", "training_set", result.training_set_id,
-                           snapshot_id=result.snapshot_id, content_hash=result.content_hash,
-                           row_count=len(result.frame), uri=result.uri)  # fmt: skip
+    run_id = writer.start_run(
+        "features.training_set",
+        {"service": result.service, "snapshot_id": result.snapshot_id, "rows": len(result.frame)},
+        flush=False,
+    )
+    writer.dataset_version(
+        f"training_set:{result.training_set_id}",
+        "training_set",
+        result.training_set_id,
+        snapshot_id=result.snapshot_id,
+        content_hash=result.content_hash,
+        row_count=len(result.frame),
+        uri=result.uri,
+    )
     writer.edge("lake", f"snapshot/{result.snapshot_id}", "training_set", result.training_set_id, "used")
     refs = pa.Table.from_pylist(reference_distributions(result))
-    ts_row = pa.Table.from_pylist([{"training_set_id": result.training_set_id, "service": result.service,
-                                    "snapshot_id": result.snapshot_id, "entity_rows": len(result.frame),
-                                    "content_hash": result.content_hash, "uri": result.uri, "run_id": run_id,
-                                    "created_at": utcnow()}])  # fmt: skip
+    ts_row = pa.Table.from_pylist(
+        [
+            {
+                "training_set_id": result.training_set_id,
+                "service": result.service,
+                "snapshot_id": result.snapshot_id,
+                "entity_rows": len(result.frame),
+                "content_hash": result.content_hash,
+                "uri": result.uri,
+                "run_id": run_id,
+                "created_at": utcnow(),
+            }
+        ]
+    )
     ent = pa.Table.from_pandas(entity[[JOIN_KEY, TS]], preserve_index=False)
     paths = snapshot_paths(settings, result.snapshot_id)
     used = {FEATURES[c].view for c in result.frame.columns if c in FEATURES}
