@@ -7,10 +7,12 @@ import sys
 import typer
 
 from careloop.commands import broker as broker_cmd
+from careloop.commands import features as features_cmd
 from careloop.commands import gateway as gateway_cmd
 from careloop.commands import keys as keys_cmd
 from careloop.commands import publish as publish_cmd
 from careloop.commands import simulate as simulate_cmd
+from careloop.commands import backfill as backfill_cmd
 from careloop.commands import stream as stream_cmd
 from careloop.commands import vocab as vocab_cmd
 from careloop.commands import sql as sql_cmd
@@ -29,7 +31,11 @@ app.command("gateway")(gateway_cmd.gateway)
 app.command("sql")(sql_cmd.sql)
 app.command("simulate")(simulate_cmd.simulate)
 app.add_typer(stream_cmd.app, name="stream")
+app.command("backfill", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    backfill_cmd.backfill
+)
 app.add_typer(vocab_cmd.app, name="vocab")
+app.add_typer(features_cmd.app, name="features")
 
 _state = {"verbose": False}
 
