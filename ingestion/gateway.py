@@ -108,6 +108,9 @@ async def _ndjson_lines(request: Request, line_limit: int) -> AsyncIterator[tupl
                 break
             line, buf = buf[:cut], buf[cut + 1 :]
             n += 1
+            if len(line) > line_limit:
+                raise HttpProblem(413, f"NDJSON line {n} exceeds the limit of {line_limit} bytes (earlier lines "
+                                  "were ingested)")  # fmt: skip
             yield n, line
         if len(buf) > line_limit:
             raise HttpProblem(413, f"NDJSON line {n + 1} exceeds the limit of {line_limit} bytes")
