@@ -35,7 +35,7 @@ VISIT = {"AMB": 9202, "outpatient": 9202, "EMER": 9203, "emergency": 9203, "IMP"
 OPERATOR = {"<": 4171756, "<=": 4171754, ">=": 4171755, ">": 4172704}
 YES, NO = 4188539, 4188540
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
-RETRACT_STATUSES = {"cancelled", "not-done", "refuted", "not-taken", "draft"}
+RETRACT_STATUSES = {"cancelled", "not-done", "refuted", "not-taken", "draft", "planned"}
 MAPPED_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
                 "MedicationAdministration", "Immunization", "Procedure", "AllergyIntolerance", "ImagingStudy",
                 "Practitioner", "Organization")  # fmt: skip

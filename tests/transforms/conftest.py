@@ -42,3 +42,15 @@ def omop_settings(lake_settings: Settings, vocab_lake: Path) -> Settings:
 def stream_settings(settings: Settings, vocab_lake: Path) -> Settings:
     copy_lake(vocab_lake, settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def vocab(vocab_lake: Path):
+    """The Eunomia vocabulary as the mapping DoFns see it."""
+    from transforms.vocab import Vocabulary
+
+    con = connect(Settings(home=vocab_lake.parent), read_only=True)
+    try:
+        return Vocabulary.from_lake(con)
+    finally:
+        con.close()

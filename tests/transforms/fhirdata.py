@@ -23,7 +23,7 @@ def bundle_resources(path: Path) -> list[dict[str, Any]]:
 
 def person_key(resource: dict[str, Any]) -> str | None:
     if resource["resourceType"] == "Patient":
-        return resource["id"]
+        return resource.get("id")
     for field in ("subject", "patient"):
         ref = (resource.get(field) or {}).get("reference", "")
         if ref.startswith("Patient/"):
