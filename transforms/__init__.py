@@ -36,4 +36,19 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-__all__ = ["VocabularyError", "cdm_tables", "ensure_omop_schema", "load_vocabulary", *_LAZY]
+__all__ = [
+    "BatchCommit",
+    "BatchOutcome",
+    "FhirToOmop",
+    "HookFailed",
+    "LakeWriter",
+    "MapChunks",
+    "StreamRunner",
+    "StreamSummary",
+    "Vocabulary",
+    "VocabularyError",
+    "cdm_tables",
+    "ensure_omop_schema",
+    "load_vocabulary",
+    "run_batch",
+]

@@ -92,7 +92,7 @@ def backfill(settings: Settings, paths: Sequence[str | Path], *, pipeline_args: 
                 fh.write(b"\n")
                 n += 1
     report.events = n
-    options = PipelineOptions(list(pipeline_args) + ["--no_pipeline_type_check"])
+    options = PipelineOptions([*pipeline_args, "--no_pipeline_type_check"])
     runner = None if options.view_as(StandardOptions).runner else local_runner()
     con = connect(settings)
     ensure_schema(con)

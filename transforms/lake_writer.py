@@ -152,7 +152,8 @@ class LakeWriter:
         try:
             rows = con.execute(
                 "SELECT v.resource_type, v.resource_id, v.version_id, v.last_updated::VARCHAR, v.content_hash, "
-                "v.deleted, v.kafka_ref FROM omop.fhir_source_versions v JOIN _keys k USING (resource_type, resource_id)"
+                "v.deleted, v.kafka_ref FROM omop.fhir_source_versions v "
+                "JOIN _keys k USING (resource_type, resource_id)"
             ).fetchall()
         finally:
             con.unregister("_keys")
@@ -179,8 +180,15 @@ class LakeWriter:
         outcome.snapshot_id = self.con.execute("SELECT * FROM ducklake_current_snapshot('lake')").fetchone()[0]
         return outcome
 
-    def _apply(self, con: duckdb.DuckDBPyConnection, results: list[dict[str, Any]], batch_id: str,
-               run_id: str | None, lineage: LineageWriter | None, status: dict[str, Any] | None) -> BatchOutcome:  # fmt: skip
+    def _apply(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        results: list[dict[str, Any]],
+        batch_id: str,
+        run_id: str | None,
+        lineage: LineageWriter | None,
+        status: dict[str, Any] | None,
+    ) -> BatchOutcome:
         now = utcnow()
         out = BatchOutcome(batch_id=batch_id)
         for r in results:
@@ -286,8 +294,12 @@ class LakeWriter:
             self._insert(con, "stream_status", [row])
         return out
 
-    def _old_rows(self, con: duckdb.DuckDBPyConnection, keys: list[tuple[str, str]],
-                  new_rows: dict[str, dict[int, dict[str, Any]]]) -> tuple[dict[str, set[int]], dict[str, set[int]], set[int]]:  # fmt: skip
+    def _old_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        keys: list[tuple[str, str]],
+        new_rows: dict[str, dict[int, dict[str, Any]]],
+    ) -> tuple[dict[str, set[int]], dict[str, set[int]], set[int]]:
         """(rows of earlier versions of `keys`, new row ids already in the lake, persons whose rows went away);
         also drops the row-map and version entries of `keys` (re-inserted by the caller)."""
         old: dict[str, set[int]] = defaultdict(set)
@@ -385,8 +397,14 @@ class LakeWriter:
              "observation_period_start_date": s0, "observation_period_end_date": e0,
              "period_type_concept_id": 44814724} for p, (s0, e0) in span.items()])  # fmt: skip
 
-    def _sql_checks(self, con: duckdb.DuckDBPyConnection, new_rows: dict[str, dict[int, dict[str, Any]]],
-                    batch_id: str, now: datetime, counts: Counter[tuple[str, str]]) -> list[dict[str, Any]]:  # fmt: skip
+    def _sql_checks(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        new_rows: dict[str, dict[int, dict[str, Any]]],
+        batch_id: str,
+        now: datetime,
+        counts: Counter[tuple[str, str]],
+    ) -> list[dict[str, Any]]:
         """DQD plausibility checks that need other rows: events before birth or after death (flagged, loaded)."""
         tables = [t for t in EVENT_DATES if new_rows.get(t)]
         if not tables:

@@ -170,17 +170,35 @@ def event_row(table: str, rid: int, pid: int, c: Concept, d: fhirdates.FhirDate,
               provider: int | None, end: fhirdates.FhirDate | None = None) -> dict[str, Any]:  # fmt: skip
     """A row of `table` (the routed domain) with the common columns filled in."""
     if table == "condition_occurrence":
-        return {"condition_occurrence_id": rid, "person_id": pid, "condition_concept_id": c.concept_id,
-                "condition_start_date": d.date, "condition_start_datetime": d.datetime,
-                "condition_end_date": end.date if end else None, "condition_end_datetime": end.datetime if end else None,
-                "condition_type_concept_id": TYPE["condition"], "provider_id": provider, "visit_occurrence_id": visit,
-                "condition_source_value": c.source_value, "condition_source_concept_id": c.source_concept_id}  # fmt: skip
+        return {
+            "condition_occurrence_id": rid,
+            "person_id": pid,
+            "condition_concept_id": c.concept_id,
+            "condition_start_date": d.date,
+            "condition_start_datetime": d.datetime,
+            "condition_end_date": end.date if end else None,
+            "condition_end_datetime": end.datetime if end else None,
+            "condition_type_concept_id": TYPE["condition"],
+            "provider_id": provider,
+            "visit_occurrence_id": visit,
+            "condition_source_value": c.source_value,
+            "condition_source_concept_id": c.source_concept_id,
+        }
     if table == "procedure_occurrence":
-        return {"procedure_occurrence_id": rid, "person_id": pid, "procedure_concept_id": c.concept_id,
-                "procedure_date": d.date, "procedure_datetime": d.datetime,
-                "procedure_end_date": end.date if end else None, "procedure_end_datetime": end.datetime if end else None,
-                "procedure_type_concept_id": TYPE["procedure"], "provider_id": provider, "visit_occurrence_id": visit,
-                "procedure_source_value": c.source_value, "procedure_source_concept_id": c.source_concept_id}  # fmt: skip
+        return {
+            "procedure_occurrence_id": rid,
+            "person_id": pid,
+            "procedure_concept_id": c.concept_id,
+            "procedure_date": d.date,
+            "procedure_datetime": d.datetime,
+            "procedure_end_date": end.date if end else None,
+            "procedure_end_datetime": end.datetime if end else None,
+            "procedure_type_concept_id": TYPE["procedure"],
+            "provider_id": provider,
+            "visit_occurrence_id": visit,
+            "procedure_source_value": c.source_value,
+            "procedure_source_concept_id": c.source_concept_id,
+        }
     if table == "measurement":
         return {"measurement_id": rid, "person_id": pid, "measurement_concept_id": c.concept_id,
                 "measurement_date": d.date, "measurement_datetime": d.datetime,
@@ -193,10 +211,18 @@ def event_row(table: str, rid: int, pid: int, c: Concept, d: fhirdates.FhirDate,
                 "drug_exposure_end_date": (end or d).date, "drug_exposure_end_datetime": (end or d).datetime,
                 "drug_type_concept_id": TYPE["drug"], "provider_id": provider, "visit_occurrence_id": visit,
                 "drug_source_value": c.source_value, "drug_source_concept_id": c.source_concept_id}  # fmt: skip
-    return {"observation_id": rid, "person_id": pid, "observation_concept_id": c.concept_id,
-            "observation_date": d.date, "observation_datetime": d.datetime,
-            "observation_type_concept_id": TYPE["observation"], "provider_id": provider, "visit_occurrence_id": visit,
-            "observation_source_value": c.source_value, "observation_source_concept_id": c.source_concept_id}  # fmt: skip
+    return {
+        "observation_id": rid,
+        "person_id": pid,
+        "observation_concept_id": c.concept_id,
+        "observation_date": d.date,
+        "observation_datetime": d.datetime,
+        "observation_type_concept_id": TYPE["observation"],
+        "provider_id": provider,
+        "visit_occurrence_id": visit,
+        "observation_source_value": c.source_value,
+        "observation_source_concept_id": c.source_concept_id,
+    }
 
 
 # -- value[x] -------------------------------------------------------------------------------------------------------

@@ -30,11 +30,15 @@ def stream(
     settings = load_settings()
     runner = StreamRunner(settings, batch_size=batch_size, max_wait_ms=max_wait_ms, group_id=group,
                           install_signal_handlers=True)  # fmt: skip
-    err.print(f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.* "
-              f"(batch {batch_size}, wait {max_wait_ms} ms{'' if until_idle is None else f', idle exit {until_idle}s'})")  # fmt: skip
+    err.print(
+        f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.* "
+        f"(batch {batch_size}, wait {max_wait_ms} ms{'' if until_idle is None else f', idle exit {until_idle}s'})"
+    )
     summary = runner.run(until_idle=until_idle)
-    err.print(f"{summary.batches} batches, {summary.events} events, {summary.rows_written} rows written, "
-              f"{summary.dead_letters} dead letters, {summary.events_per_s:.0f} events/s; stopped by {summary.stopped_by}")  # fmt: skip
+    err.print(
+        f"{summary.batches} batches, {summary.events} events, {summary.rows_written} rows written, "
+        f"{summary.dead_letters} dead letters, {summary.events_per_s:.0f} events/s; stopped by {summary.stopped_by}"
+    )
 
 
 @app.command("status")

@@ -100,7 +100,15 @@ def actual_rows(con: Any) -> dict[str, int]:
     def n(table: str) -> int:
         return con.execute(f"SELECT count(*) FROM omop.{table}").fetchone()[0]
 
-    return {"person": n("person"), "death": n("death"), "visit_occurrence": n("visit_occurrence"),
-            "drug_exposure": n("drug_exposure"), "clinical_events": sum(n(t) for t in (
-                "condition_occurrence", "procedure_occurrence", "measurement", "observation")),
-            "image_occurrence": n("image_occurrence"), "provider": n("provider"), "care_site": n("care_site")}  # fmt: skip
+    return {
+        "person": n("person"),
+        "death": n("death"),
+        "visit_occurrence": n("visit_occurrence"),
+        "drug_exposure": n("drug_exposure"),
+        "clinical_events": sum(
+            n(t) for t in ("condition_occurrence", "procedure_occurrence", "measurement", "observation")
+        ),
+        "image_occurrence": n("image_occurrence"),
+        "provider": n("provider"),
+        "care_site": n("care_site"),
+    }

@@ -119,8 +119,11 @@ def test_observation_period_and_dq_before_birth(lake) -> None:
     early = version(GLUCOSE, 1, id="o0", effectiveDateTime="1960-01-01")
     commit(PATIENT, GLUCOSE, early)
     pid = omop_id("Patient", "pA")
-    assert one(con, f"SELECT observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR "
-                    f"FROM omop.observation_period WHERE person_id = {pid}") == [("1960-01-01", "2024-02-01")]  # fmt: skip
+    assert one(
+        con,
+        f"SELECT observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR "
+        f"FROM omop.observation_period WHERE person_id = {pid}",
+    ) == [("1960-01-01", "2024-02-01")]
     flags = one(con, "SELECT check_name FROM omop.dq_flags WHERE check_name = 'event_before_birth'")
     assert len(flags) == 1
     res = one(con, "SELECT category, num_violated FROM omop.dq_results WHERE check_name='event_before_birth'")
