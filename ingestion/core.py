@@ -238,7 +238,7 @@ class Ingestor:
             if allow_bundle and isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
                 items = self._bundle_items(obj)
                 return items if many else items[0]
-            item = self._resource_item(obj, RefIndex(), raw=raw)
+            item = self._guarded(obj, RefIndex(), None, raw)
         except Rejection as r:
             item = self._reject(r, raw if raw is not None else _dump(data), None, None)
         return [item] if many else item
@@ -247,7 +247,7 @@ class Ingestor:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise Rejection("InvalidFHIR", "expected a Bundle resource")
         btype = bundle.get("type")
-        if btype not in BUNDLE_TYPES:
+        if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
             shown = btype if isinstance(btype, str) and re.fullmatch(r"[a-z-]{1,40}", btype) else "(invalid)"
             raise Rejection("UnsupportedBundle", f"Bundle.type {shown!r} is not accepted; "
                             f"send one of {', '.join(sorted(BUNDLE_TYPES))}")  # fmt: skip
@@ -266,7 +266,8 @@ class Ingestor:
         for e in entries:
             r = e.get("resource") if isinstance(e, dict) else None
             if isinstance(r, dict) and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str):
-                for ident in r.get("identifier") or []:
+                idents = r.get("identifier")
+                for ident in idents if isinstance(idents, list) else []:
                     if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
                         persons[self.pseudo.identifier(None, ident["value"])] = self.pseudo.person(r["id"])
         refs = RefIndex(full_urls, persons)
@@ -306,11 +307,19 @@ class Ingestor:
                 and r.get("resourceType") in ("Parameters", "SubscriptionStatus")
             ):
                 continue  # the notification's own status entry (Subscription backport), not data
-            try:
-                items.append(self._resource_item(r, refs, full_url=e.get("fullUrl")))
-            except Rejection as rej:
-                items.append(self._reject(rej, _dump(r), None, None))
+            items.append(self._guarded(r, refs, e.get("fullUrl")))
         return items
+
+    def _guarded(self, resource: Any, refs: RefIndex, full_url: Any, raw: bytes | None = None) -> _Item:
+        """One resource -> item; a bug on an odd input dead-letters that input instead of failing the batch."""
+        try:
+            return self._resource_item(resource, refs, full_url=full_url, raw=raw)
+        except Rejection as rej:
+            return self._reject(rej, raw if raw is not None else _dump(resource), None, None)
+        except Exception as err:
+            rej = Rejection("InternalError", f"unexpected {type(err).__name__} while processing this resource "
+                            "(a careloop bug; the original is in the vault)", 500)  # fmt: skip
+            return self._reject(rej, raw if raw is not None else _dump(resource), None, None)
 
     def _resource_item(self, resource: Any, refs: RefIndex, *, full_url: Any = None, raw: bytes | None = None) -> _Item:
         digest = _digest(resource)

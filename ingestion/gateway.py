@@ -217,7 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HttpProblem(422, "this endpoint expects a Bundle; POST single resources to /fhir/{type}")
         ing = gw.ingestor(source)
         outcomes = await run_in_threadpool(ing.submit_bundle, obj)
-        if obj.get("type") not in BUNDLE_TYPES or not isinstance(obj.get("entry", []), list):
+        btype = obj.get("type")
+        if not isinstance(btype, str) or btype not in BUNDLE_TYPES or not isinstance(obj.get("entry", []), list):
             return outcome_response(outcomes[0])  # the Bundle itself was rejected (and dead-lettered)
         return fhir_response(_bundle_response(str(obj.get("type")), outcomes))
 

@@ -195,7 +195,8 @@ def test_subscription_notification_bundle(client: TestClient, settings: Settings
         "resourceType": "Bundle", "type": "history", "timestamp": "2024-05-01T10:00:00Z",
         "entry": [
             {"fullUrl": "urn:uuid:" + str(uuid.uuid4()),
-             "resource": {"resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": "event-notification"}]}},
+             "resource": {"resourceType": "Parameters",
+                          "parameter": [{"name": "type", "valueCode": "event-notification"}]}},
             {"fullUrl": "https://ehr.example/fhir/Patient/n1",
              "resource": {"resourceType": "Patient", "id": "n1", "name": [{"family": "Notify"}]},
              "request": {"method": "PUT", "url": "Patient/n1"}},
