@@ -169,3 +169,44 @@ def test_bad_pushes_are_refused_whole_and_dead_lettered(fs_settings, fs_con):
     assert any("hx_hypertension" in r for r in reasons)
     with pytest.raises(fs.FeaturePushError, match="missing column"):
         fs.push_frame(fs_settings, "conditions", pd.DataFrame([good]), con=fs_con)
+
+
+def test_backfill_cli_records_snapshot(fs_settings, fs_con):
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    before = fs.current_snapshot(fs_con)
+    res = CliRunner().invoke(app, ["features", "backfill", "--start", "2020-01-01", "--partitions", "3"])
+    assert res.exit_code == 0, res.output
+    row = fs_con.execute(
+        "SELECT snapshot_id, rows, partitions, scheduler FROM features.backfills "
+        "WHERE start_time IS NOT NULL ORDER BY created_at DESC LIMIT 1"
+    ).fetchall()[0]
+    assert row[0] == before and row[1] > 0 and row[2] == 3 and row[3] == "threads"
+
+
+def test_rejected_push_reaches_deadletter_topic(fs_settings, fs_con, broker):
+    import uuid
+
+    from careloop.kafka import EventConsumer
+    from careloop.topics import ensure_topics
+
+    settings = fs_settings.model_copy(update={"kafka_bootstrap": broker, "topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
+    ensure_topics(settings)
+    bad = pd.DataFrame(
+        [
+            {"person_id": 424242, "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC")}
+            | {f.name: False for f in fs.VIEWS[4].features}
+        ]
+    )
+    with pytest.raises(fs.FeaturePushError, match="unknown entity"):
+        fs.push_frame(settings, "conditions", bad, con=fs_con)
+    with EventConsumer(settings, [settings.topic("deadletter")], group_id="t") as consumer:
+        got = []
+        for _ in range(20):
+            got += consumer.poll(timeout_ms=500)
+            if got:
+                break
+    assert len(got) == 1
+    assert got[0].value["stage"] == "features" and "unknown entity" in got[0].value["reason"]
