@@ -1,0 +1,241 @@
+"""Stream benchmark: FHIR resources/s from Kafka through Beam to committed OMOP lake rows, against the baseline of
+consuming the same topic and only JSON-parsing it, in the same run; plus freshness (publish -> lake commit) at a
+steady publish rate.
+
+Load: the shared Synthea bundles' clinical resources replicated with new logical ids (and references rewritten),
+so every copy is a new patient. Default run is short (20k resources, 10 s freshness); `--full` is 100k resources
+and 30 s of freshness at 1,000 events/s.
+
+    .venv/bin/python benchmarks/stream.py [--full] [--resources N] [--batch-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import percentile, write_result
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def synthea_resources() -> list[dict[str, Any]]:
+    """Resources of the Synthea bundles with urn:uuid references made relative (as the gateway publishes them)."""
+    out = []
+    for f in sorted((SHARED / "fhir" / "synthea_r4_bundles").glob("*_*.json")):
+        bundle = json.loads(f.read_text())
+        entries = [e for e in bundle["entry"] if isinstance(e.get("resource"), dict)]
+        text = json.dumps([e["resource"] for e in entries])
+        for e in entries:
+            text = text.replace(f'"{e["fullUrl"]}"', f'"{e["resource"]["resourceType"]}/{e["resource"]["id"]}"')
+        out.extend(json.loads(text))
+    return out
+
+
+def replicate(base: list[dict[str, Any]], n: int) -> list[tuple[str, dict[str, Any]]]:
+    """n (person key, resource) pairs: copies of `base` with every id and reference suffixed per copy."""
+    ids = {r["id"] for r in base}
+    texts = [(r["resourceType"], json.dumps(r)) for r in base]
+    out: list[tuple[str, dict[str, Any]]] = []
+    copy = 0
+    while len(out) < n:
+        for _, text in texts:
+            t = text
+            for rid in ids & set(_ids_in(text)):
+                t = t.replace(rid, f"{rid}-{copy}")
+            r = json.loads(t)
+            key = r["id"] if r["resourceType"] == "Patient" else _patient(r)
+            out.append((key or "org", r))
+            if len(out) >= n:
+                break
+        copy += 1
+    return out
+
+
+def _ids_in(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text)
+
+
+def _patient(r: dict[str, Any]) -> str | None:
+    for f in ("subject", "patient"):
+        ref = (r.get(f) or {}).get("reference", "")
+        if ref.startswith("Patient/"):
+            return ref[8:]
+    return None
+
+
+def events_for(pairs: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    from careloop.events import Event, EventHeaders, content_hash, utcnow
+
+    return [Event(key=k, value=r, headers=EventHeaders(
+        event_id=uuid.uuid4(), event_type=f"fhir.{r['resourceType']}.upsert", source_system="bench", site="bench",
+        occurred_at=utcnow(), content_hash=content_hash(r))) for k, r in pairs]  # fmt: skip
+
+
+def baseline(settings: Any, n: int) -> dict[str, float]:
+    """Consume the topic and JSON-parse every value (the consumer wrapper decodes with orjson), nothing else."""
+    from careloop.kafka import EventConsumer
+
+    c = EventConsumer(settings, [settings.topic("fhir")], f"baseline-{uuid.uuid4().hex[:6]}")
+    got, t0, first = 0, time.monotonic(), None
+    while got < n and time.monotonic() - t0 < 300:
+        evs = c.poll(timeout_ms=500, max_records=5000)
+        if evs and first is None:
+            first = time.monotonic()
+        got += len(evs)
+    end = time.monotonic()
+    c.close()
+    return {"events": got, "seconds_incl_join": end - t0, "events_per_s": got / (end - (first or t0))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="100k resources, 30 s freshness")
+    ap.add_argument("--resources", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--freshness-seconds", type=float, default=None)
+    ap.add_argument("--rate", type=float, default=1000.0, help="publish rate for the freshness phase (events/s)")
+    args = ap.parse_args()
+    n = args.resources or (100_000 if args.full else 20_000)
+    fresh_s = args.freshness_seconds or (30.0 if args.full else 10.0)
+
+    import os
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    os.environ["TMPDIR"] = str(tmp)
+    from careloop.broker import LocalBroker
+    from careloop.duck import connect
+    from careloop.kafka import EventProducer
+    from careloop.settings import Settings
+    from careloop.topics import ensure_topics
+    from transforms import StreamRunner, load_vocabulary
+
+    broker = LocalBroker(Settings(home=tmp / "broker", broker_start_timeout_s=30))
+    state = broker.start()
+    try:
+        settings = Settings(home=tmp / "home", kafka_bootstrap=state.bootstrap, topic_prefix="bench.")
+        ensure_topics(settings)
+        con = connect(settings)
+        load_vocabulary(con, SHARED / "omop" / "eunomia_synthea27nj")
+        con.close()
+        base = [r for r in synthea_resources() if r["resourceType"] not in ("Organization", "Practitioner")]
+        pairs = replicate(base, n)
+        events = events_for(pairs)
+        t = time.monotonic()
+        with EventProducer(settings) as p:
+            for i in range(0, len(events), 5000):
+                p.send_many(settings.topic("fhir"), events[i : i + 5000])
+        publish_s = time.monotonic() - t
+        print(f"published {n} resources in {publish_s:.1f} s", file=sys.stderr)
+
+        base_res = baseline(settings, n)
+        print(f"baseline consume+parse: {base_res['events_per_s']:.0f} events/s", file=sys.stderr)
+
+        commits: list[float] = []
+        runner = StreamRunner(settings, batch_size=args.batch_size, max_wait_ms=500,
+                              on_batch_committed=[lambda c: commits.append(time.monotonic())])  # fmt: skip
+        t0 = time.monotonic()
+        first_events: list[float] = []
+        orig_poll = StreamRunner._poll_batch
+
+        def timed_poll(self: Any, consumer: Any) -> Any:
+            evs = orig_poll(self, consumer)
+            if evs and not first_events:
+                first_events.append(time.monotonic())
+            return evs
+
+        StreamRunner._poll_batch = timed_poll  # type: ignore[method-assign]
+        summary = runner.run(until_idle=5)
+        StreamRunner._poll_batch = orig_poll  # type: ignore[method-assign]
+        e2e_s = commits[-1] - first_events[0]
+        con = connect(settings)
+        rows = con.execute("SELECT sum(rows_written), sum(events) FROM omop.stream_status").fetchone()
+        stats = con.execute("SELECT avg(batch_latency_ms), max(batch_latency_ms) FROM omop.stream_status").fetchone()
+        con.close()
+        e2e = {"events": summary.events, "rows_written": rows[0], "seconds": e2e_s,
+               "events_per_s": summary.events / e2e_s, "batches": summary.batches,
+               "seconds_incl_group_join": commits[-1] - t0, "beam_map_ms_avg": stats[0]}  # fmt: skip
+        print(f"end to end: {e2e['events_per_s']:.0f} resources/s ({summary.batches} batches)", file=sys.stderr)
+
+        # freshness: steady publish rate, small batches; latency = lake commit - publish time of each event
+        fresh_pairs = replicate(base, int(args.rate * fresh_s))
+        fresh_pairs = [(k, {**r, "id": r["id"] + "-f"}) for k, r in fresh_pairs]
+        published: dict[str, float] = {}
+        latencies: list[float] = []
+
+        fresh_runner = StreamRunner(settings, batch_size=5000, max_wait_ms=200, group_id="fresh")
+        c_batch_ids: set[str] = set()
+        orig_run_batch = __import__("transforms.pipeline", fromlist=["run_batch"]).run_batch
+        import transforms.pipeline as tp
+
+        def spy_run_batch(envs: list[dict[str, Any]], *a: Any, **kw: Any) -> Any:
+            c_batch_ids.clear()
+            c_batch_ids.update(e["headers"]["event_id"] for e in envs)
+            return orig_run_batch(envs, *a, **kw)
+
+        tp.run_batch = spy_run_batch
+        fresh_runner.hooks.append(lambda c: latencies.extend(
+            time.monotonic() - published.pop(eid) for eid in list(c_batch_ids) if eid in published))  # fmt: skip
+        th = threading.Thread(target=lambda: fresh_runner.run(until_idle=4), daemon=True)
+        # consume from the end: the fresh group starts at the earliest offset, so skip what the e2e phase published
+        from careloop.kafka import EventConsumer
+
+        pre = EventConsumer(settings, [settings.topic("fhir")], "fresh")
+        got = 0
+        while got < n:
+            got += len(pre.poll(timeout_ms=1000, max_records=10_000))
+        pre.commit()
+        pre.close()
+        th.start()
+        time.sleep(4)  # group join
+        fevents = events_for(fresh_pairs)
+        with EventProducer(settings) as p:
+            t_start = time.monotonic()
+            for i, ev in enumerate(fevents):
+                target = t_start + i / args.rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                published[str(ev.headers.event_id)] = time.monotonic()
+                p.send_async(settings.topic("fhir"), ev)
+                if i % 200 == 0:
+                    p.flush()
+            p.flush()
+        th.join(timeout=120)
+        tp.run_batch = orig_run_batch
+        fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": len(fevents),
+                 "measured": len(latencies), "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
+                 "max_s": max(latencies) if latencies else None}  # fmt: skip
+        print(
+            f"freshness at {args.rate:.0f}/s: p50 {fresh['p50_s']:.2f} s, p99 {fresh['p99_s']:.2f} s", file=sys.stderr
+        )
+        result = {
+            "resources": n,
+            "load": "Synthea bundle resources replicated with new ids (Organization/Practitioner excluded)",
+            "publish_seconds": publish_s,
+            "baseline_consume_parse": base_res,
+            "end_to_end": e2e,
+            "ratio_to_baseline": e2e["events_per_s"] / base_res["events_per_s"],
+            "targets": {"end_to_end_events_per_s": 10_000, "ratio_to_baseline": 0.3, "freshness_p99_s": 3.0},
+            "freshness": fresh,
+            "batch_size": args.batch_size,
+        }
+        print(json.dumps(result, indent=2, default=str))
+        write_result("stream", result)
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
