@@ -104,20 +104,38 @@ def with_retry(fn: Callable[[], T], *, attempts: int = 30, base_delay: float = 0
     raise AssertionError("unreachable")
 
 
+_active: dict[int, list[Callable[[], None]]] = {}
+
+
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """True inside a `transaction()` body running on this connection."""
+    return id(con) in _active
+
+
+def after_commit(con: duckdb.DuckDBPyConnection, fn: Callable[[], None]) -> None:
+    """Run `fn` once the enclosing `transaction()` has committed; dropped if that attempt rolls back (a retry
+    re-runs the body, which registers again). Lets buffered writers keep their rows until they are durable."""
+    _active[id(con)].append(fn)
+
+
 def transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
     """`body` inside BEGIN/COMMIT, retried as a whole on commit conflicts."""
 
     def run() -> T:
+        _active[id(con)] = []
         con.execute("BEGIN TRANSACTION")
         try:
             result = body(con)
             con.execute("COMMIT")
-            return result
         except BaseException:
             import contextlib
 
             with contextlib.suppress(Exception):
                 con.execute("ROLLBACK")
+            _active.pop(id(con), None)
             raise
+        for fn in _active.pop(id(con), []):
+            fn()
+        return result
 
     return with_retry(run)

@@ -204,14 +204,31 @@ class LineageWriter:
         return n
 
     def write_into(self, con: duckdb.DuckDBPyConnection) -> int:
-        """Insert the buffered rows inside the caller's open transaction; restored if the caller's commit fails
-        is the caller's job (call `restore` with the returned snapshot), so use `flush` unless you need atomicity."""
-        taken = self._take()
-        try:
-            return self._insert(con, taken)
-        except BaseException:
-            self._restore(taken)
-            raise
+        """Insert the buffered rows inside the caller's open transaction, so data and lineage commit atomically.
+
+        Inside `careloop.duck.transaction` the rows stay buffered until that transaction commits: a retried attempt
+        (commit conflict) inserts them again instead of losing them, and a failed one leaves them for later."""
+        from careloop.duck import after_commit, in_transaction
+
+        if not in_transaction(con):
+            taken = self._take()
+            try:
+                return self._insert(con, taken)
+            except BaseException:
+                self._restore(taken)
+                raise
+        with self._lock:
+            snapshot = {t: list(rows) for t, rows in self._rows.items()}
+        n = self._insert(con, snapshot)
+        after_commit(con, lambda: self._drop(snapshot))
+        return n
+
+    def _drop(self, written: dict[str, list[dict[str, Any]]]) -> None:
+        with self._lock:
+            for t, rows in written.items():
+                done = {id(r) for r in rows}
+                self._rows[t] = [r for r in self._rows[t] if id(r) not in done]
+        self.flushed_rows += sum(len(v) for v in written.values())
 
     def flush(self) -> int:
         """Write everything buffered in one transaction (retried on commit conflicts); returns rows written."""

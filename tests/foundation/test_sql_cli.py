@@ -47,3 +47,42 @@ def test_lineage_and_omop_schemas_are_attached(tmp_path, monkeypatch) -> None:
         env={"CARELOOP_HOME": str(tmp_path)},
     )
     assert {"omop", "lineage"} <= set(schemas.stdout.splitlines())
+
+
+def test_lineage_rows_survive_a_retried_transaction(tmp_path) -> None:
+    """A commit conflict makes `transaction()` re-run its body: buffered lineage must be written exactly once."""
+    import duckdb
+
+    from careloop.duck import transaction
+    from lineage import open_store
+
+    settings = load_settings(home=str(tmp_path))
+    con = open_store(settings)
+    writer = LineageWriter(settings, con=con)
+    writer.edge("kafka", "t/0/1", "omop", "person/1", "mapped_to")
+    attempts = []
+
+    def body(c) -> None:
+        writer.write_into(c)
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise duckdb.TransactionException("Transaction conflict: simulated first attempt")
+
+    transaction(con, body)
+    assert len(attempts) == 2
+    assert con.execute("SELECT count(*) FROM lineage.edges").fetchone()[0] == 1
+    assert writer.pending() == 0
+
+    writer.edge("kafka", "t/0/2", "omop", "person/2", "mapped_to")
+
+    def failing(c) -> None:
+        writer.write_into(c)
+        raise ValueError("sink failed")
+
+    import pytest
+
+    with pytest.raises(ValueError):
+        transaction(con, failing)
+    assert writer.pending() == 1  # kept for a later attempt, not lost
+    writer.flush()
+    assert con.execute("SELECT count(*) FROM lineage.edges").fetchone()[0] == 2
