@@ -104,3 +104,4 @@ def simulate(
     console.print("stream realism: " + ", ".join(f"{k}={v:,}" for k, v in summary.realism.items()))
     if getattr(summary, "outcomes", None):
         console.print("ingestion outcomes: " + ", ".join(f"{k}={v:,}" for k, v in summary.outcomes.items()))
+    console.print(f"ground truth: {getattr(summary, 'truth_dir', '') or Path(out or '.') / 'truth'}")
