@@ -125,7 +125,7 @@ def publish_simulation(
                     ing = ingestors.get(r["site"])
                     if ing is None:
                         ing = ingestors[r["site"]] = stack.enter_context(
-                            Ingestor(settings, source_system="simulator", site=r["site"])
+                            Ingestor(settings, source_system="simulator", site=r["site"], ack_each_call=False)
                         )
                     if r["a"] == "upsert":
                         outcome = ing.submit_resource(r["r"])

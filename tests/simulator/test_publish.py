@@ -43,3 +43,30 @@ def test_publish_through_the_ingestor_dedupes_duplicates(settings, tmp_path):
     blob = b"".join(orjson.dumps(e.value) for e in events)
     for t in truth:
         assert t["mrn"].encode() not in blob and t["patient_id"].encode() not in blob
+
+
+def test_written_files_are_accepted_by_careloop_publish(settings, tmp_path, capsys):
+    """The --out files replay through the file publisher with nothing rejected (both layouts, and the DICOM)."""
+    import pytest
+
+    from careloop.cli import main
+    from ingestion.simulator import write_simulation
+
+    config = SimulationConfig(patients=6, sites=2, months=3, seed=12, realism=RealismConfig(duplicate=0.05))
+    summaries = {  # different seeds: the second replay must not be deduplicated against the first
+        fmt: write_simulation(config.model_copy(update={"seed": seed}), tmp_path / fmt, fmt)
+        for seed, fmt in ((12, "ndjson"), (13, "bundle"))
+    }
+    for fmt in ("ndjson", "bundle"):
+        with pytest.raises(SystemExit) as exc:
+            main(["publish", "fhir", str(tmp_path / fmt / "fhir"), "--strict", "--source", f"sim-{fmt}"])
+        out = capsys.readouterr().out
+        assert exc.value.code == 0, out
+        row = [line for line in out.splitlines() if "│" in line and any(ch.isdigit() for ch in line)][-1]
+        _files, accepted, duplicates, dead = (int(x) for x in row.replace("│", " ").split())
+        assert dead == 0 and accepted + duplicates == summaries[fmt].resources + summaries[fmt].deletes
+        assert duplicates >= summaries[fmt].realism.get("duplicate", 0) > 0
+    if summaries["ndjson"].dicom_files:
+        with pytest.raises(SystemExit) as exc:
+            main(["publish", "dicom", str(tmp_path / "ndjson" / "dicom"), "--strict"])
+        assert exc.value.code == 0, capsys.readouterr().out
