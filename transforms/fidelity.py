@@ -126,7 +126,8 @@ def render(a: dict[str, Any], b: dict[str, Any], skipped: Counter[str]) -> str:
     lines += ["", "Resources received but not mapped (counted in `omop.skipped_resources`, never silently dropped): "
               + ", ".join(f"{k} {v}" for k, v in skipped.most_common()) + ".", "",
               "## Share of rows whose source code maps to a standard concept", "",
-              "| table | ours | Eunomia | our most frequent unmapped source codes |", "|---|---:|---:|---|"]  # fmt: skip
+              "| table | ours | Eunomia | our most frequent unmapped source codes |",
+              "|---|---:|---:|---|"]  # fmt: skip
     for t in CONCEPT_COL:
         top = ", ".join(f"`{c}` ({n})" for c, n in a["top_unmapped"][t]) or "–"
         lines.append(f"| {t} | {pct(a['mapped_share'][t])} | {pct(b['mapped_share'][t])} | {top} |")

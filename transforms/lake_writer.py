@@ -215,6 +215,7 @@ class LakeWriter:
         new_rows: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         touched_persons: set[int] = set()
         row_map, versions, flags, edges = [], [], [], []
+        shared_ids: dict[str, set[int]] = defaultdict(set)
         flag_counts: Counter[tuple[str, str]] = Counter()
         for (rt, rid), r in applied.items():
             src = r["src"]
@@ -239,6 +240,8 @@ class LakeWriter:
             for row in r["rows"]:
                 table, row_id = row["table"], row["id"]
                 new_rows[table][row_id] = row["row"]
+                if row.get("shared"):
+                    shared_ids[table].add(row_id)
                 pid = row["row"].get("person_id")
                 row_map.append({"resource_type": rt, "resource_id": rid, "omop_table": table, "omop_row_id": row_id,
                                 "person_id": pid})  # fmt: skip
@@ -252,7 +255,9 @@ class LakeWriter:
                     flag_counts[(check, table)] += 1
         # Rows in the lake that this batch replaces: those of earlier versions of the applied resources, and any
         # row whose (deterministic) id is written again. Every lake row is in fhir_row_map, so one lookup finds them.
-        old_rows, existing_ids, shrunk = self._old_rows(con, list(applied), new_rows)
+        known = [k for k in applied if k in existing]  # only these can have rows or a version in the lake
+        shared = {t: {rid for rid in rows if rid in shared_ids.get(t, ())} for t, rows in new_rows.items()}
+        old_rows, existing_ids, shrunk = self._old_rows(con, known, {t: r for t, r in shared.items() if r})
         touched_persons |= shrunk
         # delete replaced and superseded rows, then insert (row-level idempotency: ids are deterministic)
         for table in set(old_rows) | set(existing_ids):
@@ -305,7 +310,7 @@ class LakeWriter:
         old: dict[str, set[int]] = defaultdict(set)
         existing: dict[str, set[int]] = defaultdict(set)
         shrunk: set[int] = set()
-        if not keys:
+        if not keys and not new_rows:  # a batch of first-seen resources: nothing in the lake to replace
             return old, existing, shrunk
         con.register("_applied", _arrow([{"resource_type": t, "resource_id": i} for t, i in keys],
                                         ["resource_type", "resource_id"]))  # fmt: skip
@@ -320,7 +325,7 @@ class LakeWriter:
             ).fetchall():
                 if mine:
                     old[table].add(rid)
-                    if pid is not None and rid not in new_rows.get(table, {}):
+                    if pid is not None:
                         shrunk.add(pid)
                 else:
                     existing[table].add(rid)

@@ -72,8 +72,14 @@ class Out:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, table: str, row: dict[str, Any], *flags: tuple[str, str]) -> dict[str, Any]:
+    def add(
+        self, table: str, row: dict[str, Any], *flags: tuple[str, str] | None, shared: bool = False
+    ) -> dict[str, Any]:
+        """`shared`: the row id is not derived from this resource's own id (DICOM study/series rows that an
+        ImagingStudy and DICOM events both produce), so the writer must check the lake for it."""
         rec = {"table": table, "id": row[PK[table]], "row": row, "flags": [list(f) for f in flags if f]}
+        if shared:
+            rec["shared"] = True
         self.rows.append(rec)
         return rec
 
@@ -502,7 +508,7 @@ def map_imaging_study(res: dict[str, Any], key: str | None, vocab: Vocabulary, o
     c = vocab.codeable(codes[0]) if codes else Concept(0, 0, None, "imaging-study", None)
     visit = visit_of(res)
     proc = event_row("procedure_occurrence", proc_id, pid, c, d, visit=visit, provider=None)
-    out.add("procedure_occurrence", proc, pflag, concept_flag(c, "ImagingStudy"))
+    out.add("procedure_occurrence", proc, pflag, concept_flag(c, "ImagingStudy"), shared=study_uid is not None)
     for s in res.get("series") or []:
         if not isinstance(s, dict) or not s.get("uid"):
             continue
@@ -525,6 +531,7 @@ def map_imaging_study(res: dict[str, Any], key: str | None, vocab: Vocabulary, o
                 "modality_source_value": mod,
                 "anatomic_site_source_value": site.source_value,
             },
+            shared=True,
         )
 
 
@@ -622,7 +629,7 @@ def map_dicom(src: dict[str, Any], value: Any, vocab: Vocabulary) -> dict[str, A
     mod = value.get("modality")
     proc = event_row("procedure_occurrence", proc_id, pid, Concept(0, 0, None, f"DICOM:{mod or '?'}", None), d,
                      visit=None, provider=None)  # fmt: skip
-    out.add("procedure_occurrence", proc, ("unmapped_code", f"imaging procedure for modality {mod!r}"))
+    out.add("procedure_occurrence", proc, ("unmapped_code", f"imaging procedure for modality {mod!r}"), shared=True)
     acq = value.get("acquisition") or {}
     meta = value.get("metadata") or {}
     body = (meta.get("00180015") or {}).get("Value") if isinstance(meta, dict) else None
@@ -646,5 +653,6 @@ def map_dicom(src: dict[str, Any], value: Any, vocab: Vocabulary) -> dict[str, A
             "acquisition": orjson.dumps(acq, default=str).decode(),
             "deid_method": value.get("deid_method"),
         },
+        shared=True,
     )
     return {"src": src, "status": "mapped", "reason": None, "rows": out.rows}

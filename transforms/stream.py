@@ -87,7 +87,7 @@ class StreamRunner:
 
     def __init__(self, settings: Settings, *, batch_size: int = 5000, max_wait_ms: int = 1000,
                  group_id: str = GROUP_ID, on_batch_committed: Sequence[Callable[[BatchCommit], None]] = (),
-                 hook_attempts: int = 5, hook_backoff_s: float = 0.5, beam_runner: Any = None,
+                 hook_attempts: int = 5, compact_every: int = 20, hook_backoff_s: float = 0.5, beam_runner: Any = None,
                  install_signal_handlers: bool = False) -> None:  # fmt: skip
         self.settings = settings
         self.batch_size = batch_size
@@ -95,6 +95,7 @@ class StreamRunner:
         self.group_id = group_id
         self.hooks = list(on_batch_committed)
         self.hook_attempts = hook_attempts
+        self.compact_every = compact_every
         self.hook_backoff_s = hook_backoff_s
         self.beam_runner = beam_runner
         self._stop = threading.Event()
@@ -178,6 +179,8 @@ class StreamRunner:
                 self._run_hooks(commit)
                 consumer.commit()
                 summary.batches += 1
+                if self.compact_every and summary.batches % self.compact_every == 0:
+                    _compact(con)
                 summary.events += len(events)
                 summary.rows_written += outcome.rows_written
                 summary.dead_letters += len(outcome.deadletters)
@@ -251,6 +254,14 @@ class StreamRunner:
                 event_id=uuid.uuid4(), event_type="deadletter.transform", source_system="careloop.transforms",
                 site=self.settings.site, occurred_at=utcnow(), content_hash=content_hash(value))))  # fmt: skip
         producer.send_many(topic, events)
+
+
+def _compact(con: Any) -> None:
+    """Every commit writes new small Parquet files; merging them keeps scans (version lookups, analysts) fast."""
+    try:
+        con.execute("CALL ducklake_merge_adjacent_files('lake')")
+    except Exception:
+        log.warning("lake compaction skipped", exc_info=True)
 
 
 def _assigned(consumer: Any) -> bool:
