@@ -97,6 +97,15 @@ def stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         s["top_unmapped"][t] = q(f"SELECT {SOURCE_COL[t]}, count(*) FROM omop.{t} WHERE {col} = 0 GROUP BY 1 "
                                  "ORDER BY 2 DESC LIMIT 3")  # fmt: skip
     s["visit_mix"] = dict(q("SELECT visit_concept_id, count(*) FROM omop.visit_occurrence GROUP BY 1"))
+    s["top_observation"] = q("SELECT observation_source_value, count(*) FROM omop.observation GROUP BY 1 "
+                             "ORDER BY 2 DESC LIMIT 5")  # fmt: skip
+    try:  # ours only: drug rows that came from Immunization resources (CVX)
+        n, m = q("SELECT count(*), count(*) FILTER (WHERE d.drug_concept_id <> 0) FROM omop.drug_exposure d "
+                 "JOIN omop.fhir_row_map r ON r.omop_table = 'drug_exposure' AND r.omop_row_id = d.drug_exposure_id "
+                 "WHERE r.resource_type <> 'Immunization'")[0]  # fmt: skip
+        s["drug_without_immunization"] = (n, m / n if n else None)
+    except duckdb.Error:
+        s["drug_without_immunization"] = None
     return s
 
 
@@ -131,11 +140,17 @@ def render(a: dict[str, Any], b: dict[str, Any], skipped: Counter[str]) -> str:
     for t in CONCEPT_COL:
         top = ", ".join(f"`{c}` ({n})" for c, n in a["top_unmapped"][t]) or "–"
         lines.append(f"| {t} | {pct(a['mapped_share'][t])} | {pct(b['mapped_share'][t])} | {top} |")
+    if a.get("drug_without_immunization"):
+        n, share = a["drug_without_immunization"]
+        lines.append(f"| drug_exposure without immunizations | {pct(share)} ({n} rows) | – | |")
     ma, oa = a["rows"]["measurement"], a["rows"]["observation"]
     mb, ob = b["rows"]["measurement"], b["rows"]["observation"]
     lines += ["", "## Measurement / observation split", "",
               f"Ours: {ma} measurement vs {oa} observation rows ({pct(ma / max(ma + oa, 1))} measurement). "
               f"Eunomia: {mb} vs {ob} ({pct(mb / max(mb + ob, 1))} measurement).", "",
+              "Most frequent observation source codes — ours: "
+              + ", ".join(f"`{c}` ({n})" for c, n in a["top_observation"]) + "; Eunomia: "
+              + ", ".join(f"`{c}` ({n})" for c, n in b["top_observation"]) + ".", "",
               "## Visit concept mix", "", "| visit concept | ours | Eunomia |", "|---|---:|---:|"]  # fmt: skip
     va, vb = a["visit_mix"], b["visit_mix"]
     ta, tb = sum(va.values()) or 1, sum(vb.values()) or 1
@@ -150,17 +165,20 @@ EXPLANATIONS = [
     "- **Different people.** The bundles and Eunomia are different Synthea populations (52 vs 28 persons, other ages "
     "and histories); per-person rates differ for that reason alone (e.g. a few older patients with long histories "
     "dominate counts).",
-    "- **Immunizations (drug_exposure mapped share).** Synthea codes vaccines in CVX; the Eunomia vocabulary subset "
-    "has no CVX concepts, so our immunization rows keep `drug_source_value` = the CVX code with concept 0. "
-    "ETL-Synthea's Eunomia build had the full vocabulary when it ran. Loading a full Athena export "
-    "(`careloop vocab load`) maps them.",
+    "- **Immunizations (drug_exposure mapped share).** Synthea codes vaccines in CVX. The Eunomia vocabulary subset "
+    "has no CVX vocabulary (only UCUM, SNOMED, LOINC, RxNorm, Visit, Ethnicity) and its drug_exposure holds no "
+    "immunization at all (none of its 883 source values is a CVX code): the reference simply has none. We keep "
+    "every Immunization as a drug_exposure row with the CVX code in `drug_source_value` and concept 0 (listed in "
+    "`omop.unmapped_codes`); without immunizations our drug mapped share is the row above. Loading a full Athena "
+    "export (`careloop vocab load DIR`, with CVX) maps them.",
     "- **Procedures.** SNOMED 428191000124101 (Documentation of current medications) and similar codes are absent "
     "from the subset → concept 0, source kept. Procedures whose standard concept is in the Measurement or "
     "Observation domain are routed there (ETL-Synthea does the same).",
-    "- **Measurement vs observation.** Both route by the standard concept's domain; Observation resources whose code "
-    "is unmapped fall back to their category (laboratory/vital-signs → measurement, others → observation). "
-    "ETL-Synthea additionally writes Synthea CSV-only facts (e.g. social-history answers) into observation, "
-    "which the FHIR export does not carry as Observations; allergies go to observation in both.",
+    "- **Measurement vs observation.** Both route by the standard concept's domain (ours: Observation resources whose "
+    "code is unmapped fall back to their category, laboratory/vital-signs → measurement). The difference in the "
+    "split is the input: Eunomia's observation table is dominated by social-determinant survey answers (PRAPARE "
+    "LOINC codes such as 71802-3 housing status, 93030-5 transportation, 63586-2 income, 76437-3 insurance) that the "
+    "newer Synthea release behind Synthea27Nj generates and the Synthea v2.4 bundles here do not contain.",
     "- **Visits.** We map the Encounter class (AMB → 9202, EMER → 9203, IMP → 9201). ETL-Synthea derives visits "
     "from encounters and rolls contiguous inpatient stays up; it also builds visit_detail, which we do not.",
     "- **Observation period.** Ours spans each person's earliest to latest event (all event tables); "
