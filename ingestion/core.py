@@ -94,7 +94,8 @@ class Ingestor:
     """Validate, de-identify, vault, publish and record inputs from one source system."""
 
     def __init__(self, settings: Settings, *, source_system: str, site: str | None = None, publish: bool = True,
-                 pseudonymizer: Pseudonymizer | None = None, ack_each_call: bool = True) -> None:  # fmt: skip
+                 pseudonymizer: Pseudonymizer | None = None, ack_each_call: bool = True,
+                 validation_workers: int = 0) -> None:  # fmt: skip
         from lineage import LineageWriter
 
         self.settings = settings
@@ -118,6 +119,12 @@ class Ingestor:
         self._settled: list[tuple[_Item, str | None, Any]] = []  # sent (or kept), not yet acked and recorded
         self._inflight: dict[str, tuple[str | None, str | None, str | None]] = {}
         self._prefetched: dict[str, tuple[str | None, str | None, str | None]] | None = None
+        self._pool: Any = None
+        self._prevalidated: dict[int, Any] = {}
+        if validation_workers > 0:
+            from ingestion.validation_pool import ValidationPool
+
+            self._pool = ValidationPool(validation_workers)
         self._dead: list[DeadLetter] = []
         self._last_lineage_flush = time.monotonic()
         self._dicom: Any = None
@@ -219,6 +226,8 @@ class Ingestor:
                 self._settle()
                 self.lineage.end_run("succeeded")
             finally:
+                if self._pool is not None:
+                    self._pool.close()
                 if self.producer is not None:
                     self.producer.close()
                 self.vault.close()
@@ -275,10 +284,16 @@ class Ingestor:
             eids = [str(event_id_for(self.source, _digest(e["resource"]))) for e in entries
                     if isinstance(e, dict) and isinstance(e.get("resource"), dict)]  # fmt: skip
             self._prefetched = self.state.seen(eids)
+        if self._pool is not None and len(entries) >= 32:
+            fresh = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+            if self._prefetched:
+                fresh = [r for r in fresh if str(event_id_for(self.source, _digest(r))) not in self._prefetched]
+            self._prevalidated = self._pool.submit(fresh)
         try:
             return self._bundle_entries(entries, btype, refs)
         finally:
             self._prefetched = None
+            self._prevalidated = {}
 
     def _bundle_entries(self, entries: list[Any], btype: str, refs: RefIndex) -> list[_Item]:
         items: list[_Item] = []
@@ -337,7 +352,7 @@ class Ingestor:
                                 "to /fhir, or submit the inner Bundle itself)")  # fmt: skip
             if rtype in NOT_DATA:
                 raise Rejection("NotClinicalData", f"{rtype} resources are not clinical data and are not ingested")
-            validate_resource(resource, rtype)
+            self._validate(resource, rtype)
         except Rejection as rej:
             rt = resource.get("resourceType") if isinstance(resource, dict) else None
             rt = rt if isinstance(rt, str) and is_resource_type(rt) else None
@@ -419,6 +434,19 @@ class Ingestor:
             raise Rejection("MissingPatient", problem or f"{rtype} has no subject/patient reference; careloop links "
                             "every clinical resource to a Patient")  # fmt: skip
         return None
+
+    def _validate(self, resource: dict[str, Any], rtype: str) -> None:
+        pending = self._prevalidated.get(id(resource))
+        if pending is None:
+            validate_resource(resource, rtype)
+            return
+        try:
+            result = pending[0].result()[pending[1]]
+        except Exception:  # a broken worker: validate here instead
+            validate_resource(resource, rtype)
+            return
+        if result is not None:
+            raise Rejection(*result)
 
     def _prior(self, event_id: str) -> tuple[str | None, str | None, str | None] | None:
         """What an already published (or in-flight) event with this id was; None if new."""

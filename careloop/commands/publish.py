@@ -23,9 +23,10 @@ def fhir(
     source: str = _SOURCE,
     site: str = _SITE,
     strict: bool = _STRICT,
+    workers: int = typer.Option(0, "--workers", min=0, max=32, help="R4B validation in N extra processes"),
 ) -> None:
     """Publish FHIR Bundles, single resources and NDJSON."""
-    _run("fhir", paths, source, site, strict)
+    _run("fhir", paths, source, site, strict, workers)
 
 
 @app.command()
@@ -39,7 +40,7 @@ def dicom(
     _run("dicom", paths, source, site, strict)
 
 
-def _run(kind: str, paths: list[Path], source: str, site: str | None, strict: bool) -> None:
+def _run(kind: str, paths: list[Path], source: str, site: str | None, strict: bool, workers: int = 0) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -61,7 +62,7 @@ def _run(kind: str, paths: list[Path], source: str, site: str | None, strict: bo
     publish_file = publish_fhir_file if kind == "fhir" else publish_dicom_file
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[counts]}"))  # fmt: skip
-    ing_ctx = Ingestor(settings, source_system=source, site=site, ack_each_call=False)
+    ing_ctx = Ingestor(settings, source_system=source, site=site, ack_each_call=False, validation_workers=workers)
     with ing_ctx as ing, Progress(*columns, console=err) as progress:
         task = progress.add_task(f"publish {kind}", total=len(files), counts="")
         for f in files:

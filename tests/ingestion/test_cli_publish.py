@@ -34,7 +34,8 @@ def test_publish_hl7_examples_reports_reasons_and_strict_exit(settings: Settings
     assert files == 69 and rejected == REJECTED  # the same reasoned rejections as through the gateway
     assert "MissingPatient" in result.output and "UnsupportedBundle" in result.output
     assert len(read_topic(settings, "deadletter")) == REJECTED
-    strict = runner.invoke(app, ["publish", "fhir", str(hl7_dir), "--strict", "--source", "hl7-files"])
+    strict = runner.invoke(app, ["publish", "fhir", str(hl7_dir), "--strict", "--source", "hl7-files",
+                                 "--workers", "1"])  # fmt: skip
     assert strict.exit_code == 2
     again = _summary(strict.output)
     # same source: all duplicates, except the DELETE of bundle-transaction.json (a delete is a new event each time)

@@ -95,3 +95,15 @@ def test_lineage_has_every_status(settings: Settings) -> None:
                        "ORDER BY recorded_at").fetchall()  # fmt: skip
     assert [r[0] for r in rows] == ["accepted", "duplicate", "rejected"]
     assert rows[0][1] == "Patient" and rows[0][2] and rows[2][3].startswith("malformed JSON")
+
+
+def test_validation_workers_give_the_same_outcomes(settings: Settings, hl7_dir: Path) -> None:
+    bundle = orjson.loads((hl7_dir / "bundle-transaction.json").read_bytes())
+    many = {"resourceType": "Bundle", "type": "batch",
+            "entry": [{"resource": PATIENT | {"id": f"w{i}"}} for i in range(40)] + bundle["entry"]
+            + [{"resource": OBS | {"effectiveDateTime": "bad-date"}}]}  # fmt: skip
+    with Ingestor(settings, source_system="inproc", publish=False) as a:
+        expected = [(o.status, o.error_class, o.reason) for o in a.submit_bundle(many)]
+    with Ingestor(settings, source_system="pooled", publish=False, validation_workers=1) as b:
+        got = [(o.status, o.error_class, o.reason) for o in b.submit_bundle(many)]
+    assert got == expected and expected[-1][1] == "InvalidFHIR"
