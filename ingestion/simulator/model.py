@@ -178,6 +178,3 @@ def draw_population(config: SimulationConfig):
     """Yield PatientTruth for every patient without generating FHIR (fast path for tests and calibration)."""
     for i in range(config.patients):
         yield draw_patient(config, i)
-
-
-_ = PrevalenceShift  # re-exported names used by type checkers
