@@ -61,7 +61,8 @@ def _suffix(obj, sfx):
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if (k == "id" and isinstance(v, str)) or (k == "reference" and isinstance(v, str) and "/" in v):
+            ident = k == "id" or (k == "reference" and "/" in str(v)) or k == "uid"  # ids, references, DICOM UIDs
+            if isinstance(v, str) and (ident or (k == "value" and v.startswith("urn:oid:"))):
                 out[k] = v + sfx
             else:
                 out[k] = _suffix(v, sfx)
