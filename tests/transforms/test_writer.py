@@ -142,3 +142,30 @@ def test_deadletter_not_loaded(lake) -> None:
     assert len(out.deadletters) == 1 and out.deadletters[0]["check"] == "no_date"
     assert one(con, "SELECT count(*) FROM omop.measurement") == [(0,)]
     assert one(con, "SELECT severity, num_violated FROM omop.dq_results") == [("deadletter", 1)]
+
+
+def test_dicom_events_and_imaging_study_share_one_image_occurrence(lake, omop_settings) -> None:
+    con, commit = lake
+    vocab = Vocabulary.from_lake(con)
+    writer = LakeWriter(con)
+    study = {"resourceType": "ImagingStudy", "id": "is1", "status": "available", "subject": {"reference": "Patient/pA"},
+             "started": "2024-01-05T10:00:00Z", "identifier": [{"value": "urn:oid:2.25.100"}],
+             "series": [{"uid": "2.25.101", "modality": {"code": "CT"},
+                         "bodySite": {"system": "http://snomed.info/sct", "code": "51185008"}}]}  # fmt: skip
+    commit(PATIENT, study)
+    dicom = [{"topic": "t.dicom", "partition": 0, "offset": i, "key": "pA",
+              "headers": {"event_type": "dicom.instance", "event_id": f"d{i}"},
+              "value": {"person": "pA", "study_uid": "2.25.100", "series_uid": "2.25.101",
+                        "sop_instance_uid": f"2.25.10{i + 2}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "modality": "CT", "occurred_at": "2024-01-05T10:01:00Z",
+                        "acquisition": {"manufacturer": "ACME", "model": "X1", "kvp": 120},
+                        "uri": f"file:///objects/{i}.dcm", "sha256": "00", "metadata": {},
+                        "deid_method": "PS3.15 E.1"}} for i in range(2)]  # fmt: skip
+    out = writer.commit([map_envelope(e, vocab) for e in dicom])
+    assert out.applied == 2
+    rows = one(con, "SELECT person_id, procedure_occurrence_id, image_series_uid, modality_source_value, manufacturer "
+                    "FROM omop.image_occurrence")  # fmt: skip
+    assert rows == [(omop_id("Patient", "pA"), omop_id("DicomStudy", "2.25.100"), "2.25.101", "CT", "ACME")]
+    assert one(con, "SELECT count(*) FROM omop.procedure_occurrence") == [(1,)]
+    # re-delivery of the same instances changes nothing
+    assert writer.commit([map_envelope(e, vocab) for e in dicom]).rows_written == 0
