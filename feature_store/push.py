@@ -9,7 +9,9 @@ is written, because Feast's online stores overwrite unconditionally and an older
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +19,23 @@ from careloop.events import utcnow
 from careloop.settings import Settings
 from feature_store.definitions import VIEW_BY_NAME
 from feature_store.errors import FeaturePushError, FeatureStoreError
-from feature_store.repo import CREATED, JOIN_KEY, TS, open_store, view_schema
+from feature_store.repo import (
+    CREATED,
+    EMPTY_PART,
+    JOIN_KEY,
+    TS,
+    RepoPaths,
+    ensure_parquet,
+    feature_views,
+    live_paths,
+    open_store,
+    view_schema,
+)
 
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
+    import pyarrow as pa
 
 _schema_lock = threading.Lock()
 _schema_done: set[str] = set()
@@ -53,6 +67,7 @@ class PushResult:
     accepted: int = 0
     online: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
 
 
 def _coerce(df: pd.DataFrame, view: str) -> tuple[pd.DataFrame, dict[int, str]]:
@@ -193,6 +208,109 @@ def dead_letter(
     return True
 
 
+def _fast_clean(view: str, table: Any) -> pd.DataFrame | None:
+    """Rows that already carry the view's exact types (the derivation's output) pass a strict Arrow cast plus
+    null checks instead of the per-value pandas checks; anything else returns None and takes the slow path,
+    which names every refused row."""
+    import pyarrow as pa
+
+    if not isinstance(table, pa.Table):
+        return None
+    target = view_schema(VIEW_BY_NAME[view]).remove(2)  # without `created`
+    if table.schema.names != target.names:
+        return None
+    try:
+        cast = table.cast(target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        return None
+    if cast.column(JOIN_KEY).null_count or cast.column(TS).null_count:
+        return None
+    return cast.to_pandas()
+
+
+def _validate(
+    settings: Settings, view: str, df: Any, con: duckdb.DuckDBPyConnection, known: set[int] | None, source: str
+) -> tuple[pd.DataFrame, list[dict[str, Any]], int]:
+    """(accepted rows, refused rows (already dead-lettered), input row count)."""
+    import pandas as pd
+
+    if view not in VIEW_BY_NAME:
+        raise FeatureStoreError(f"unknown feature view {view!r}; known: {', '.join(VIEW_BY_NAME)}")
+    clean = _fast_clean(view, df)
+    reasons: dict[int, str] = {}
+    if clean is None:
+        if not isinstance(df, pd.DataFrame):
+            df = df.to_pandas()
+        df = df.reset_index(drop=True)
+        clean, reasons = _coerce(df, view)
+    else:
+        df = clean
+    if len(clean):
+        ids = clean[JOIN_KEY].dropna()
+        wanted = sorted({int(i) for i in ids if float(i).is_integer()})
+        found = _known_persons(con, wanted) if known is None else known & set(wanted)
+        unknown = clean[JOIN_KEY].notna() & ~clean[JOIN_KEY].isin(list(found))
+        for i in unknown[unknown].index:
+            reasons.setdefault(int(i), f"unknown entity: person_id {int(clean.at[i, JOIN_KEY])} is not in omop.person")
+    rejected: list[dict[str, Any]] = []
+    if reasons:
+        rejected = [
+            {
+                "person_id": None if JOIN_KEY not in df or pd.isna(df.at[i, JOIN_KEY]) else str(df.at[i, JOIN_KEY]),
+                "event_timestamp": str(df.at[i, TS]) if TS in df else None,
+                "reason": why,
+                "row": df.iloc[i].to_dict(),
+            }
+            for i, why in sorted(reasons.items())
+        ]
+        dead_letter(settings, con, view, rejected, source)
+    good = clean.drop(index=[i for i in reasons if i in clean.index])
+    return good, rejected, len(df)
+
+
+def push_frames(
+    settings: Settings,
+    frames: Mapping[str, Any],
+    *,
+    con: duckdb.DuckDBPyConnection,
+    source: str = "api",
+    strict: bool = True,
+    known_persons: set[int] | None = None,
+    part_name: str | None = None,
+) -> dict[str, PushResult]:
+    """Validate every view's rows (pandas frames or Arrow tables), dead-letter refused rows, then push the
+    accepted ones: each person's latest row online, every row offline as one new part file per view.
+
+    `known_persons` skips the `omop.person` lookup when the caller derived the rows from the lake itself;
+    `part_name` names the offline part files so that a retried batch replaces its own files (no duplicates).
+    Raises `FeaturePushError` after dead-lettering when any row was refused (`strict`)."""
+    results: dict[str, PushResult] = {}
+    accepted: dict[str, pd.DataFrame] = {}
+    for view, df in frames.items():
+        good, rejected, total = _validate(settings, view, df, con, known_persons, source)
+        results[view] = PushResult(view, rejected=rejected)
+        results[view].total = total
+        if len(good):
+            accepted[view] = good
+    if accepted:
+        push_rows_many(settings, accepted, part_name=part_name)
+    for view, good in accepted.items():
+        results[view].accepted = len(good)
+        results[view].online = good[JOIN_KEY].nunique()
+    refused = [r for res in results.values() for r in res.rejected]
+    if refused and strict:
+        first = "; ".join(sorted({r["reason"] for r in refused})[:3])
+        views = ", ".join(repr(v) for v, r in results.items() if r.rejected)
+        total = sum(r.total for r in results.values())
+        raise FeaturePushError(
+            f"feature push to {views} refused {len(refused)} of {total} row(s) ({first}); refused rows "
+            "are in features.rejected and the deadletter topic; the other rows were pushed whole",
+            rejected=len(refused),
+            accepted=sum(r.accepted for r in results.values()),
+        )
+    return results
+
+
 def push_frame(
     settings: Settings,
     view: str,
@@ -204,70 +322,106 @@ def push_frame(
 ) -> PushResult:
     """Validate `df` against `view`, dead-letter refused rows, push the accepted ones online (latest per person)
     and offline (all). Raises `FeaturePushError` after dead-lettering when any row was refused (`strict`)."""
-    import pandas as pd
-
-    if view not in VIEW_BY_NAME:
-        raise FeatureStoreError(f"unknown feature view {view!r}; known: {', '.join(VIEW_BY_NAME)}")
-    df = df.reset_index(drop=True)
-    clean, reasons = _coerce(df, view)
-    if len(clean):
-        ok_ids = clean[JOIN_KEY].dropna().astype("int64")
-        known = _known_persons(con, sorted(set(ok_ids.tolist())))
-        unknown = clean[JOIN_KEY].notna() & ~clean[JOIN_KEY].isin(list(known))
-        for i in unknown[unknown].index:
-            reasons.setdefault(int(i), f"unknown entity: person_id {int(clean.at[i, JOIN_KEY])} is not in omop.person")
-    result = PushResult(view)
-    if reasons:
-        result.rejected = [
-            {
-                "person_id": None
-                if pd.isna(df.at[i, JOIN_KEY])
-                else str(df.at[i, JOIN_KEY])
-                if JOIN_KEY in df
-                else None,
-                "event_timestamp": str(df.at[i, TS]) if TS in df else None,
-                "reason": why,
-                "row": df.iloc[i].to_dict(),
-            }
-            for i, why in sorted(reasons.items())
-        ]
-        dead_letter(settings, con, view, result.rejected, source)
-    good = clean.drop(index=[i for i in reasons if i in clean.index])
-    if len(good):
-        push_rows(settings, view, good)
-        result.accepted = len(good)
-        result.online = good[JOIN_KEY].nunique()
-    if result.rejected and strict:
-        first = "; ".join(sorted({r["reason"] for r in result.rejected})[:3])
-        raise FeaturePushError(
-            f"feature push to {view!r} refused {len(result.rejected)} of {len(df)} row(s) ({first}); refused rows "
-            "are in features.rejected and the deadletter topic; the other rows were pushed whole",
-            rejected=len(result.rejected),
-            accepted=result.accepted,
-        )
-    return result
+    return push_frames(settings, {view: df}, con=con, source=source, strict=strict)[view]
 
 
 def to_push_frame(view: str, df: pd.DataFrame) -> pd.DataFrame:
     """Exactly the view's schema (types, column order, `created` timestamp) for Feast."""
+    return to_push_table(view, df).to_pandas()
+
+
+def to_push_table(view: str, df: pd.DataFrame, created: datetime | None = None) -> pa.Table:
     import pyarrow as pa
 
     schema = view_schema(VIEW_BY_NAME[view])
     df = df.copy()
-    df[CREATED] = utcnow()
-    table = pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
-    return table.to_pandas()
+    df[CREATED] = created or utcnow()
+    return pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
 
 
 def push_rows(settings: Settings, view: str, df: pd.DataFrame) -> None:
-    """Push already-validated rows: all offline, each person's latest online."""
-    from feast.data_source import PushMode
+    """Push already-validated rows of one view: all offline, each person's latest online."""
+    push_rows_many(settings, {view: df})
 
-    frame = to_push_frame(view, df)
-    latest = frame.sort_values([JOIN_KEY, TS]).drop_duplicates(JOIN_KEY, keep="last")
+
+def push_rows_many(settings: Settings, frames: Mapping[str, pd.DataFrame], *, part_name: str | None = None) -> None:
+    """Push already-validated rows: online first (what freshness is about), then offline. Both are idempotent
+    for the same rows and `part_name`, so a caller that retries after a failure rewrites the same values."""
+    now = utcnow()
+    tables = {view: to_push_table(view, df, now) for view, df in frames.items()}
+    write_online(settings, tables)
+    append_offline(settings, tables, part_name=part_name)
+
+
+def write_online(settings: Settings, tables: Mapping[str, pa.Table]) -> None:
+    """Each person's latest row per view into the online store, through the Feast provider with cached feature
+    view objects (Feast's `push`/`write_to_online_store` re-read every view from the registry on each call)."""
     store = open_store(settings)
-    try:
-        store.push(f"{view}_push", latest, to=PushMode.ONLINE)
-        store.push(f"{view}_push", frame, to=PushMode.OFFLINE)
-    except Exception as err:
-        raise FeatureStoreError(f"feast push to {view!r} failed: {type(err).__name__}: {err}") from err
+    views = feature_views(store)
+    for view, table in tables.items():
+        frame = table.to_pandas()
+        latest = frame.sort_values([JOIN_KEY, TS, CREATED]).drop_duplicates(JOIN_KEY, keep="last")
+        try:
+            store.provider.ingest_df(views[view], latest)
+        except Exception as err:
+            raise FeatureStoreError(f"feast online write to {view!r} failed: {type(err).__name__}: {err}") from err
+
+
+def append_offline(settings: Settings, tables: Mapping[str, pa.Table], *, part_name: str | None = None) -> None:
+    """One new Parquet part file per view in the live offline store, written to a temporary name and renamed,
+    so a reader never sees a half-written file (Feast's own offline push rewrites the view's whole file in
+    place: O(history) per push, and a crash mid-write loses the file)."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    paths = live_paths(settings)
+    ensure_parquet(paths)
+    name = part_name or f"{utcnow():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:12]}"
+    for view, table in tables.items():
+        folder = paths.part_dir(view)
+        final = folder / f"{name}.parquet"
+        tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            tmp.replace(final)
+        except Exception as err:
+            tmp.unlink(missing_ok=True)
+            raise FeatureStoreError(f"offline write to {view!r} failed: {type(err).__name__}: {err}") from err
+        compact_offline(paths, view)
+
+
+COMPACT_AT = 64  # part files per view before the small ones are merged
+SMALL_PART = 8 << 20  # bytes; parts at least this big are left alone (so a merge never rewrites the history)
+
+
+def compact_offline(paths: RepoPaths, view: str, *, at: int = COMPACT_AT) -> int:
+    """Merge the view's small part files into one when there are more than `at` of them (reading many tiny
+    files is what makes an offline read slow). The merged file is renamed into place before the merged parts
+    are removed, so no row is ever missing; a reader in between can see a row twice, which Feast's
+    point-in-time join tolerates (identical event and created timestamps). Returns the number of parts merged."""
+    import fcntl
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = paths.part_dir(view)
+    parts = sorted(p for p in folder.glob("*.parquet") if p.name != EMPTY_PART)
+    if len(parts) <= at:
+        return 0
+    with open(folder / ".compact.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another process is compacting this view
+        small = [p for p in sorted(folder.glob("*.parquet")) if p.name != EMPTY_PART and p.stat().st_size < SMALL_PART]
+        if len(small) < 2:
+            return 0
+        merged = pa.concat_tables([pq.read_table(p) for p in small])
+        name = f"{small[-1].stem}-c{len(small)}"
+        tmp = folder / f".{name}.tmp"
+        pq.write_table(merged, tmp)
+        tmp.replace(folder / f"{name}.parquet")
+        for p in small:
+            p.unlink(missing_ok=True)
+        return len(small)

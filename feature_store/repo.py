@@ -26,6 +26,7 @@ ENTITY = "person"
 JOIN_KEY = "person_id"
 TS = "event_timestamp"
 CREATED = "created"
+EMPTY_PART = "00000000000000000000-empty.parquet"
 
 
 def arrow_type(dtype: Dtype) -> pa.DataType:
@@ -49,7 +50,12 @@ def view_schema(view: ViewSpec) -> pa.Schema:
 
 @dataclass(frozen=True)
 class RepoPaths:
+    """Where a repo keeps its files. The live repo (`parts=True`) stores each view offline as a folder of
+    immutable Parquet part files (a push appends one file, written atomically); a snapshot repo stores one file
+    per view, written once by the backfill."""
+
     root: Path
+    parts: bool = False
 
     @property
     def offline(self) -> Path:
@@ -58,9 +64,16 @@ class RepoPaths:
     def parquet(self, view: str) -> Path:
         return self.offline / f"{view}.parquet"
 
+    def part_dir(self, view: str) -> Path:
+        return self.offline / view
+
+    def source_path(self, view: str) -> str:
+        """The Feast FileSource path: a glob over the part files (DuckDB reads them as one table) or the file."""
+        return str(self.part_dir(view) / "*.parquet") if self.parts else str(self.parquet(view))
+
 
 def live_paths(settings: Settings) -> RepoPaths:
-    return RepoPaths(settings.path("features", "live"))
+    return RepoPaths(settings.path("features", "live"), parts=True)
 
 
 def snapshot_paths(settings: Settings, snapshot_id: int) -> RepoPaths:
@@ -105,6 +118,14 @@ def ensure_parquet(paths: RepoPaths) -> None:
 
     paths.offline.mkdir(parents=True, exist_ok=True)
     for v in VIEWS:
+        if paths.parts:
+            folder = paths.part_dir(v.name)
+            folder.mkdir(exist_ok=True)
+            if not any(folder.glob("*.parquet")):  # the glob must match at least one file
+                tmp = folder / f".{EMPTY_PART}.tmp"
+                pq.write_table(view_schema(v).empty_table(), tmp)
+                tmp.replace(folder / EMPTY_PART)
+            continue
         p = paths.parquet(v.name)
         if not p.exists():
             pq.write_table(view_schema(v).empty_table(), p)
@@ -130,7 +151,7 @@ def build_objects(paths: RepoPaths) -> list[Any]:
     for v in VIEWS:
         batch = FileSource(
             name=f"{v.name}_offline",
-            path=str(paths.parquet(v.name)),
+            path=paths.source_path(v.name),
             timestamp_field=TS,
             created_timestamp_column=CREATED,
         )
@@ -189,10 +210,25 @@ def open_store(settings: Settings, snapshot_id: int | None = None, *, apply: boo
         ensure_parquet(paths)
         store = FeatureStore(repo_path=str(paths.root))
         _STORES[key] = store
-        registered = {fv.name for fv in _safe_list(store)}
-        if apply or not {v.name for v in VIEWS} <= registered:
+        registered = {fv.name: fv.batch_source.path for fv in _safe_list(store)}
+        wanted = {v.name: paths.source_path(v.name) for v in VIEWS}
+        if apply or any(registered.get(k) != p for k, p in wanted.items()):
             apply_objects(store, paths)
     return store
+
+
+_VIEW_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def feature_views(store: FeatureStore) -> dict[str, Any]:
+    """The store's registered feature views by name, deserialized once per store object and `apply` (Feast
+    rebuilds them from protobuf with runtime type checks on every registry call: ~15 ms per view, 14 lookups
+    per push)."""
+    hit = _VIEW_CACHE.get(id(store))
+    if hit is None or hit[0] is not store:
+        hit = (store, {v.name: store.get_feature_view(v.name, allow_registry_cache=True) for v in VIEWS})
+        _VIEW_CACHE[id(store)] = hit
+    return hit[1]
 
 
 def _safe_list(store: FeatureStore) -> list[Any]:
@@ -205,6 +241,7 @@ def _safe_list(store: FeatureStore) -> list[Any]:
 def apply_objects(store: FeatureStore, paths: RepoPaths) -> dict[str, int]:
     _check_tasks()
     objects = build_objects(paths)
+    _VIEW_CACHE.pop(id(store), None)
     try:
         store.apply(objects)
     except Exception as err:

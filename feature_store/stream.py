@@ -44,15 +44,15 @@ class StreamFeatureHook:
         persons = sorted({int(p) for p in batch.person_ids})
         if not persons:
             return {"persons": 0, "rows": 0}
-        from feature_store.push import push_frame
+        from feature_store.push import push_frames
 
         with self._lock:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             since = getattr(batch, "min_event_time", None)
             # +1 day of slack: drug exposures end at day granularity and must never be cut off by clock skew
             derived = derive(
                 self.con,
-                snapshot_id=batch.snapshot_id,
+                snapshot_id=getattr(batch, "snapshot_id", None),
                 persons=persons,
                 since=since,
                 end=utcnow() + timedelta(days=1),
@@ -60,19 +60,29 @@ class StreamFeatureHook:
                 with_edges=self.lineage,
             )
             t1 = time.perf_counter()
-            frame = derived.rows.to_pandas()
-            for view, table in split_views(derived.rows).items():
-                push_frame(self.settings, view, table.to_pandas(), con=self.con, source="stream")
+            rows = derived.rows
+            # Every derived row joined omop.person at the batch's snapshot, so its entity is known by construction;
+            # types are still checked (a strict Arrow cast) before anything is written.
+            known = {int(p) for p in rows.column("person_id").to_pylist()}
+            push_frames(
+                self.settings,
+                split_views(rows),
+                con=self.con,
+                source="stream",
+                known_persons=known,
+                part_name=_part_name(derived.snapshot_id, persons, since),
+            )
             t2 = time.perf_counter()
             if self.lineage and derived.edges.num_rows:
                 self._write_edges(derived)
             self.last_stats = {
                 "persons": len(persons),
-                "rows": len(frame),
+                "rows": rows.num_rows,
                 "snapshot_id": derived.snapshot_id,
                 "derive_s": t1 - t0,
                 "push_s": t2 - t1,
                 "total_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
             }
             return self.last_stats
 
@@ -94,3 +104,11 @@ class StreamFeatureHook:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def _part_name(snapshot_id: int, persons: list[int], since: Any) -> str:
+    """Offline part-file name of one batch: a retry of the same batch replaces its own files."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{persons}|{since}".encode()).hexdigest()[:16]
+    return f"s{int(snapshot_id):012d}-{digest}"
