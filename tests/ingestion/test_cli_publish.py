@@ -69,7 +69,7 @@ def test_keys_create_list_revoke(settings: Settings) -> None:
     listed = runner.invoke(app, ["keys", "list"])
     assert "epic-prod" in listed.output and token not in listed.output
     stored = (settings.home_dir / "keys" / "api_keys.json").read_text()
-    assert token not in stored and token.split("_")[2] not in stored
+    assert token not in stored and token.split("_", 2)[2] not in stored
     key_id = token.split("_")[1]
     assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
     from ingestion.apikeys import ApiKeys
