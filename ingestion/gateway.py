@@ -24,6 +24,7 @@ from ingestion.fhir_schema import is_resource_type
 from ingestion.fhir_validate import Rejection, parse_json
 
 FHIR_JSON = "application/fhir+json"
+LINEAGE_FLUSH_EVERY_S = 10.0
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson", "application/x-ndjson")
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 413: "413 Payload Too Large",
@@ -142,6 +143,12 @@ class Gateway:
                 ing = self._ingestors[source] = Ingestor(self.settings, source_system=source)
             return ing
 
+    def flush(self) -> None:
+        with self._lock:
+            ingestors = list(self._ingestors.values())
+        for ing in ingestors:
+            ing.flush()
+
     def close(self) -> None:
         with self._lock:
             for ing in self._ingestors.values():
@@ -169,8 +176,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        gw.close()
+        import asyncio
+
+        async def flush_periodically() -> None:  # lineage rows of an idle gateway still reach the lake
+            while True:
+                await asyncio.sleep(LINEAGE_FLUSH_EVERY_S)
+                with contextlib.suppress(Exception):
+                    await run_in_threadpool(gw.flush)
+
+        task = asyncio.create_task(flush_periodically())
+        try:
+            yield
+        finally:
+            task.cancel()
+            gw.close()
 
     app = FastAPI(title="careloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw

@@ -94,3 +94,36 @@ def test_bad_arguments_fail_with_one_line(home: Path, args: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")} | {"CARELOOP_HOME": str(home)}
     proc = subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.count("\n") <= 2 and "error:" in proc.stderr
+
+
+def test_gateway_command_serves_http(settings: Settings) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    from ingestion.apikeys import ApiKeys
+
+    key = ApiKeys(settings).create("live")[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = Path(sys.executable).parent / "careloop"
+    proc = subprocess.Popen([str(cli), "gateway", "--host", "127.0.0.1", "--port", str(port)], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = httpx.post(f"{base}/fhir/Patient", content=b'{"resourceType":"Patient","id":"live-1"}',
+                       headers={"Content-Type": "application/fhir+json", "Authorization": f"Bearer {key}"})  # fmt: skip
+        assert r.status_code == 201, r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    events = read_topic(settings, "fhir")
+    assert len(events) == 1 and events[0].headers.source_system == "live"
