@@ -102,6 +102,9 @@ def freshness(settings, con, rate: int, seconds: float) -> dict:
         "max_s": max(lat),
         "hook_derive_s_mean": float(np.mean([x["derive_s"] for x in stats])),
         "hook_push_s_mean": float(np.mean([x["push_s"] for x in stats])),
+        "hook_total_s_mean": float(np.mean([x["total_s"] for x in stats])),
+        "hook_cpu_s_mean": float(np.mean([x["cpu_s"] for x in stats])),
+        "load_avg_1m": os.getloadavg()[0],
     }
 
 
@@ -218,7 +221,7 @@ def main() -> None:
     )
     hook.close()
     results = {
-        "machine": {"cpus": os.cpu_count()},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]},
         "setup_s": setup_s,
         "freshness": [freshness(settings, con, rate, seconds) for rate in (200, 1000)],
         "online": online_latency(settings, 500),

@@ -203,10 +203,16 @@ def _grid(
     end: datetime | None,
     since: datetime | None,
     include_latest: bool,
+    known_at: datetime | None = None,
 ) -> None:
     """As-of points: each person's event times in [start, end] and >= since; plus, when `include_latest`, the
-    person's latest event time <= end (so a stream batch always refreshes the current online value, even when
-    a delete removed the batch's own event)."""
+    person's latest point <= end (so a stream batch always refreshes the current online value, even when
+    a delete removed the batch's own event).
+
+    Besides event times, the grid has each event's *window exit* times (event + 7/30/365 days, a visit's end +
+    30/365 days, a payer period's start/end) up to `known_at` (the snapshot's commit time, so the grid is a
+    function of the snapshot): a windowed count/mean/min/max/trend only changes when an event enters or leaves
+    its window, so with those points a point-in-time join sees windows decay exactly."""
     base, params = ["ts IS NOT NULL", "person_id IN (SELECT person_id FROM _fs_person)"], []
     if end is not None:
         base.append("ts <= ?")
@@ -216,6 +222,23 @@ def _grid(
         if value is not None:
             sel.append("ts >= ?")
             sel_params.append(_naive_utc(value))
+    exits = []
+    if known_at is not None:
+        vital_windows = sorted({*VITAL_WINDOWS, 365})
+        exits = [
+            *(f"SELECT person_id, ts + INTERVAL {w} DAY FROM _fs_m WHERE kind = 'vital'" for w in vital_windows),
+            "SELECT person_id, ts + INTERVAL 365 DAY FROM _fs_m WHERE kind = 'lab'",
+            *(f"SELECT person_id, {c} + INTERVAL {w} DAY FROM _fs_v" for c in ("ts", "end_ts") for w in (30, 365)),
+            "SELECT person_id, ts + INTERVAL 365 DAY FROM _fs_i",
+            "SELECT person_id, start_ts FROM _fs_pay",
+            "SELECT person_id, end_ts FROM _fs_pay",
+        ]
+    exit_sql = (
+        f"UNION ALL SELECT person_id, ts FROM ({' UNION ALL '.join(exits)}) x(person_id, ts) WHERE ts <= ?"
+        if exits
+        else ""
+    )
+    exit_params = [_naive_utc(known_at)] if exits and known_at is not None else []
     latest = "UNION SELECT person_id, max(ts) FROM e GROUP BY person_id" if include_latest else ""
     con.execute(
         f"""
@@ -225,12 +248,24 @@ def _grid(
                 SELECT person_id, ts FROM _fs_m UNION ALL SELECT person_id, ts FROM _fs_v
                 UNION ALL SELECT person_id, ts FROM _fs_c UNION ALL SELECT person_id, ts FROM _fs_d
                 UNION ALL SELECT person_id, end_ts FROM _fs_d UNION ALL SELECT person_id, ts FROM _fs_i
+                {exit_sql}
             ) x WHERE {" AND ".join(base)}
         )
         SELECT person_id, ts FROM e WHERE {" AND ".join(sel) or "true"} {latest}
     """,
-        params + sel_params,
+        exit_params + params + sel_params,
     )
+
+
+def snapshot_time(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime:
+    """When a lake snapshot was committed (UTC)."""
+    row = con.execute("SELECT snapshot_time FROM ducklake_snapshots('lake') WHERE snapshot_id = ?", [snapshot_id])
+    got = row.fetchall()
+    if not got:
+        from feature_store.errors import FeatureStoreError
+
+        raise FeatureStoreError(f"lake snapshot {snapshot_id} does not exist")
+    return got[0][0]
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -356,7 +391,7 @@ def derive(
     computed from the lake as it was at `snapshot_id` (the current snapshot when None)."""
     snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
     _prepare(con, snap, persons)
-    _grid(con, start, end, since, include_latest)
+    _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
     rows = con.execute(_features_sql()).to_arrow_table()
     edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
     for t in ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons"):

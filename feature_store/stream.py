@@ -38,6 +38,9 @@ class StreamFeatureHook:
             from careloop.duck import connect
 
             self._con = connect(self.settings)
+            # A micro-batch derivation touches a few persons: one thread does it with half the CPU of two
+            # (measured), and leaves the other core to the stream runner.
+            self._con.execute("SET threads = 1")
         return self._con
 
     def __call__(self, batch: Any) -> dict[str, Any]:

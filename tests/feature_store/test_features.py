@@ -210,3 +210,58 @@ def test_rejected_push_reaches_deadletter_topic(fs_settings, fs_con, broker):
                 break
     assert len(got) == 1
     assert got[0].value["stage"] == "features" and "unknown entity" in got[0].value["reason"]
+
+
+def test_windowed_features_decay_at_window_exit(fs_settings, fs_con):
+    """A 7-day mean must not outlive its window: the grid has a row when the event leaves the window."""
+    when = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    snap = _late_measurement(fs_con, 4, when, 3027018, 77.0, 8541)  # heart rate, /min
+    df = fs.derive(fs_con, snapshot_id=snap, persons=[4], with_edges=False).rows.to_pandas()
+    rows = df.set_index("event_timestamp")
+    exit_at = pd.Timestamp(when + pd.Timedelta(days=7))
+    assert rows.loc[pd.Timestamp(when), "heart_rate_latest"] == 77.0
+    assert exit_at in rows.index  # a row at the window exit, though no event happened then
+
+    def lake_mean(at: pd.Timestamp) -> float | None:
+        return fs_con.execute(
+            "SELECT avg(value_as_number) FROM omop.measurement WHERE person_id = 4 AND measurement_concept_id = "
+            "3027018 AND measurement_datetime <= ? AND measurement_datetime > ? - INTERVAL 7 DAY",
+            [at.tz_localize(None).to_pydatetime(), at.tz_localize(None).to_pydatetime()],
+        ).fetchall()[0][0]
+
+    for at in (pd.Timestamp(when), exit_at):
+        expected, got = lake_mean(at), rows.loc[at, "heart_rate_mean_7d"]
+        assert (pd.isna(got) and expected is None) or got == pytest.approx(expected)
+    # the 30-day window still holds the event at the 7-day exit; no grid point lies after the snapshot's commit
+    assert rows.loc[exit_at, "heart_rate_mean_30d"] == pytest.approx(
+        fs_con.execute(
+            "SELECT avg(value_as_number) FROM omop.measurement WHERE person_id = 4 AND measurement_concept_id = "
+            "3027018 AND measurement_datetime <= ? AND measurement_datetime > ? - INTERVAL 30 DAY",
+            [exit_at.tz_localize(None).to_pydatetime()] * 2,
+        ).fetchall()[0][0]
+    )
+    from feature_store.derive import snapshot_time
+
+    assert rows.index.max() <= pd.Timestamp(snapshot_time(fs_con, snap))
+
+
+def test_stream_hook_retry_replaces_its_offline_part(fs_settings, fs_con):
+    """The runner retries a failed hook with the same batch: the live offline store must not duplicate rows."""
+    from feature_store.repo import live_paths
+
+    snap = _late_measurement(fs_con, 5, datetime(2026, 11, 2, 9, 0, tzinfo=UTC), 3027018, 66.0, 8541)
+    batch = SimpleNamespace(person_ids={5}, snapshot_id=snap, min_event_time=datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+    folder = live_paths(fs_settings).part_dir("vitals")
+    before = set(folder.glob("*.parquet"))
+    hook = fs.StreamFeatureHook(fs_settings, lineage=False)
+    try:
+        hook(batch)
+        once = set(folder.glob("*.parquet"))
+        hook(batch)
+        twice = set(folder.glob("*.parquet"))
+    finally:
+        hook.close()
+    assert len(once - before) == 1 and twice == once
+    offline = pd.read_parquet(next(iter(once - before)))
+    assert (offline["person_id"] == 5).all() and 66.0 in set(offline["heart_rate_latest"])
+    assert not list(folder.glob("*.tmp"))  # nothing half-written left behind
