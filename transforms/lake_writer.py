@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from careloop.duck import transaction
@@ -332,8 +332,9 @@ class LakeWriter:
             if old:
                 con.execute("DELETE FROM omop.fhir_row_map WHERE (resource_type, resource_id) IN "
                             "(SELECT resource_type, resource_id FROM _applied)")  # fmt: skip
-            con.execute("DELETE FROM omop.fhir_source_versions WHERE (resource_type, resource_id) IN "
-                        "(SELECT resource_type, resource_id FROM _applied)")  # fmt: skip
+            if keys:
+                con.execute("DELETE FROM omop.fhir_source_versions WHERE (resource_type, resource_id) IN "
+                            "(SELECT resource_type, resource_id FROM _applied)")  # fmt: skip
         finally:
             con.unregister("_applied")
             con.unregister("_new")
@@ -410,36 +411,43 @@ class LakeWriter:
         now: datetime,
         counts: Counter[tuple[str, str]],
     ) -> list[dict[str, Any]]:
-        """DQD plausibility checks that need other rows: events before birth or after death (flagged, loaded)."""
-        tables = [t for t in EVENT_DATES if new_rows.get(t)]
-        if not tables:
+        """DQD plausibility checks that need other rows: events before birth or > 60 days after death (flagged,
+        loaded). Birth and death dates of the batch's persons come from the lake (one small query on person/death,
+        after this batch's inserts) rather than joining whole event tables."""
+        persons = {r.get("person_id") for t in EVENT_DATES for r in new_rows.get(t, {}).values()} - {None}
+        if not persons:
             return []
-        con.register("_new", _arrow([{"t": t, "id": i} for t in tables for i in new_rows[t]], ["t", "id"]))
-        parts = []
-        for t in tables:
-            pk, dc = PK[t], EVENT_DATES[t]
-            parts.append(
-                f"""SELECT '{t}' AS t, x.{pk} AS id, x.{dc} AS d, x.person_id FROM omop.{t} x
-                    JOIN _new n ON n.t = '{t}' AND n.id = x.{pk}"""
-            )
+        con.register("_p", _arrow([{"person_id": p} for p in persons], ["person_id"]))
         try:
             found = con.execute(
-                f"""SELECT b.t, b.id, CASE WHEN b.d < make_date(p.year_of_birth, coalesce(p.month_of_birth, 1),
-                        coalesce(p.day_of_birth, 1)) THEN 'event_before_birth' ELSE 'event_after_death' END,
-                        b.d::VARCHAR
-                    FROM ({" UNION ALL ".join(parts)}) b
-                    LEFT JOIN omop.person p ON p.person_id = b.person_id
-                    LEFT JOIN omop.death dd ON dd.person_id = b.person_id
-                    WHERE b.d < make_date(p.year_of_birth, coalesce(p.month_of_birth, 1), coalesce(p.day_of_birth, 1))
-                       OR b.d > dd.death_date + INTERVAL 60 DAY"""
+                "SELECT p.person_id, p.year_of_birth, p.month_of_birth, p.day_of_birth, d.death_date "
+                "FROM omop.person p LEFT JOIN omop.death d USING (person_id) "
+                "WHERE p.person_id IN (SELECT person_id FROM _p)"
             ).fetchall()
         finally:
-            con.unregister("_new")
-        flags = []
-        for table, rid, check, d in found:
-            flags.append({"batch_id": batch_id, "omop_table": table, "omop_row_id": rid, "check_name": check,
-                          "detail": f"{EVENT_DATES[table]} {d}", "flagged_at": now})  # fmt: skip
-            counts[(check, table)] += 1
+            con.unregister("_p")
+        birth: dict[int, str] = {}
+        late: dict[int, str] = {}
+        for pid, y, m, d, death in found:
+            if y:
+                birth[pid] = f"{y:04d}-{m or 1:02d}-{d or 1:02d}"
+            if death is not None:
+                late[pid] = (death + timedelta(days=60)).isoformat()
+        flags: list[dict[str, Any]] = []
+        for table, date_col in EVENT_DATES.items():
+            for rid, row in new_rows.get(table, {}).items():
+                pid, day = row.get("person_id"), row.get(date_col)
+                if day is None or pid is None:
+                    continue
+                check = None
+                if pid in birth and day < birth[pid]:
+                    check = "event_before_birth"
+                elif pid in late and day > late[pid]:
+                    check = "event_after_death"
+                if check:
+                    flags.append({"batch_id": batch_id, "omop_table": table, "omop_row_id": rid, "check_name": check,
+                                  "detail": f"{date_col} {day}", "flagged_at": now})  # fmt: skip
+                    counts[(check, table)] += 1
         return flags
 
     def _dq_results(self, con: duckdb.DuckDBPyConnection, batch_id: str, run_id: str | None, now: datetime,
