@@ -6,16 +6,17 @@ import sys
 
 import typer
 
+from careloop.commands import backfill as backfill_cmd
 from careloop.commands import broker as broker_cmd
+from careloop.commands import demo as demo_cmd
 from careloop.commands import features as features_cmd
 from careloop.commands import gateway as gateway_cmd
 from careloop.commands import keys as keys_cmd
 from careloop.commands import publish as publish_cmd
 from careloop.commands import simulate as simulate_cmd
-from careloop.commands import backfill as backfill_cmd
+from careloop.commands import sql as sql_cmd
 from careloop.commands import stream as stream_cmd
 from careloop.commands import vocab as vocab_cmd
-from careloop.commands import sql as sql_cmd
 
 app = typer.Typer(
     name="careloop",
@@ -36,6 +37,7 @@ app.command("backfill", context_settings={"allow_extra_args": True, "ignore_unkn
 )
 app.add_typer(vocab_cmd.app, name="vocab")
 app.add_typer(features_cmd.app, name="features")
+app.command("demo")(demo_cmd.demo)
 
 _state = {"verbose": False}
 
@@ -61,12 +63,25 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
+    _quiet_third_party_logs(verbose)
     try:
         app(args=args, standalone_mode=True)
     except CareloopError as err:
         _fail(str(err), verbose)
     except KeyboardInterrupt:
         _fail("interrupted", verbose, code=130)
+
+
+def _quiet_third_party_logs(verbose: bool) -> None:
+    """Beam, Feast and kafka-python log import-time and socket-close chatter at WARNING/ERROR that is not actionable
+    for an operator; careloop's own loggers keep the configured level. `--verbose` shows everything."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in ("kafka", "apache_beam", "feast", "fsspec", "ray"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger("careloop").setLevel(logging.WARNING)
 
 
 def _fail(message: str, verbose: bool, code: int = 1) -> None:

@@ -69,10 +69,25 @@ def lake_paths(settings: Settings) -> tuple[Path, Path]:
     return root / "catalog.sqlite", data
 
 
+def _use_wal(catalog: Path) -> None:
+    """Put the SQLite catalog in WAL mode (persistent in the file): in the default rollback-journal mode one
+    connection's open read blocks every writer's commit, which stalls the stream runner, the feature hook and the
+    gateway's lineage writer that share the lake. WAL lets readers and one writer proceed together."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(catalog, timeout=30) as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # another process is switching it right now; WAL is sticky once set
+
+
 def attach_lake(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only: bool = False) -> None:
     import duckdb
 
     catalog, data = lake_paths(settings)
+    _use_wal(catalog)
     opts = f"DATA_PATH '{data}/'" + (", READ_ONLY" if read_only and catalog.exists() else "")
     for attempt in range(20):
         try:
