@@ -132,6 +132,9 @@ class Ingestor:
 
     # -- public API --------------------------------------------------------------------------------------------
     def submit_resource(self, resource: dict[str, Any] | bytes, *, method: str = "upsert") -> Outcome:
+        """One resource; `method="delete"` publishes a delete of the resource's type and id instead."""
+        if method == "delete" and isinstance(resource, dict):
+            return self.submit_delete(str(resource.get("resourceType")), str(resource.get("id")))
         with self._lock:
             item = self._from_input(resource)
             self._commit([item])
