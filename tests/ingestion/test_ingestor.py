@@ -80,6 +80,9 @@ def test_drain_mode_publishes_nothing(settings: Settings) -> None:
         assert [e.headers.event_type for e in events] == ["fhir.Patient.upsert", "fhir.Observation.upsert"]
         assert events[0].value["birthDate"] != "1950-03" and len(events[0].value["birthDate"]) == 7
         assert ing.drain() == [] and len(ing.drain_dead_letters()) == 1
+        assert ing.submit_resource(OBS, method="delete").status == "accepted"
+        deleted = ing.drain()[0]
+        assert deleted.headers.event_type == "fhir.Observation.delete" and deleted.key == events[0].key
     assert read_topic(settings, "fhir") == [] and read_topic(settings, "deadletter") == []
 
 
