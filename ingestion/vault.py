@@ -67,7 +67,10 @@ class RawVault:
         from cryptography.exceptions import InvalidTag
 
         event_id = ref_or_event_id.removeprefix(PREFIX)
-        uuid.UUID(event_id)
+        try:
+            uuid.UUID(event_id)
+        except ValueError:
+            raise CareloopError(f"not a vault reference: {ref_or_event_id!r}") from None
         self.flush()
         with self._lock:
             row = self._con.execute("SELECT nonce, ciphertext FROM payloads WHERE event_id=?", (event_id,)).fetchone()
