@@ -45,10 +45,16 @@ def stream(
 def status(last: int = typer.Option(10, "--last", min=1, help="how many recent batches to show")) -> None:
     """Recent micro-batches: events, rows, dead letters, latency, events/s and consumer lag."""
     from careloop.commands.sql import Format, render
+    from careloop.duck import connect
     from careloop.query import run_sql
     from careloop.settings import load_settings
+    from transforms import ensure_omop_schema
 
-    cols, rows = run_sql(load_settings(), f"""
+    settings = load_settings()
+    con = connect(settings)
+    ensure_omop_schema(con)  # a fresh lake shows an empty status rather than a catalog error
+    con.close()
+    cols, rows = run_sql(settings, f"""
         SELECT committed_at, mode, events, rows_written, rows_deleted, dead_letters, skipped, stale,
                round(batch_latency_ms) AS latency_ms, round(events_per_s) AS events_per_s, consumer_lag
         FROM omop.stream_status ORDER BY committed_at DESC LIMIT {int(last)}""")  # fmt: skip

@@ -69,3 +69,17 @@ def test_not_an_athena_export(lake_settings, tmp_path: Path, shared_data: Path) 
         load_vocabulary(connect(lake_settings), d)
     with pytest.raises(VocabularyError, match="does not exist"):
         load_vocabulary(connect(lake_settings), tmp_path / "nope")
+
+
+def test_cli_vocab_load_and_stream_status(lake_settings) -> None:
+    from typer.testing import CliRunner
+
+    from careloop.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["vocab", "load"])  # default: the Eunomia subset
+    assert res.exit_code == 0, res.output
+    assert "concept 2,294" in res.output
+    res = runner.invoke(app, ["stream", "status"])
+    assert res.exit_code == 0, res.output
+    assert "(0 rows)" in res.output
