@@ -76,7 +76,7 @@ def _publish(settings, *, patients: int, months: int, sites: int, seed: int) -> 
         def on_progress(done: int, total: int | None, label: str) -> None:
             progress.update(task, completed=done, total=total, description=label or "publish")
 
-        summary = publish_simulation(config, settings=settings, truth_dir=settings.path("demo", "truth"),
+        summary = publish_simulation(config, settings=settings, truth_dir=settings.path("demo"),
                                      on_progress=on_progress)  # fmt: skip
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.outcomes.items()))
     err.print(f"• published {summary.submitted:,} deliveries through the gateway core: {counts}")
