@@ -267,3 +267,58 @@ def test_health_needs_no_key(settings: Settings, path: str) -> None:
 
     with TestClient(create_app(settings)) as c:
         assert c.get(path).json() == {"status": "ok"}
+
+
+def test_synthea_bundles_through_the_gateway(client: TestClient, settings: Settings, synthea_dir: Path) -> None:
+    """A subset here (all 54 files go through the CLI in test_synthea_publish.py)."""
+    files = sorted(synthea_dir.glob("*.json"))[:4]
+    total = 0
+    for f in files:
+        r = client.post("/fhir", content=f.read_bytes(), headers=FHIR)
+        assert r.status_code == 200
+        statuses = [e["response"]["status"] for e in r.json()["entry"]]
+        total += len(statuses)
+        assert r.json()["type"] == "transaction-response"
+        assert set(statuses) <= {"201 Created", "200 OK"}, statuses
+    msgs = read_topic(settings, "fhir")
+    patients = [m for m in msgs if m.value["resourceType"] == "Patient"]
+    assert len(patients) == 4 and read_topic(settings, "deadletter") == []
+    persons = {p.value["id"] for p in patients}
+    clinical = [m for m in msgs if m.value["resourceType"] not in ("Organization", "Practitioner")]
+    assert {m.key for m in clinical} == persons and len(msgs) <= total
+
+
+def test_all_shared_dicom_files_through_stow_leak_nothing(
+    client: TestClient, settings: Settings, dicom_dir: Path
+) -> None:
+    import csv
+
+    files = sorted(dicom_dir.glob("*.dcm"))
+    ctype, body = _multipart([f.read_bytes() for f in files])
+    r = client.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 202
+    ds = r.json()
+    stored, failed = len(ds["00081199"]["Value"]), len(ds["00081198"]["Value"])
+    assert stored + failed == len(files) and stored >= 10 and failed >= 1
+    msgs = read_all(settings)
+    assert len(msgs["dicom"]) == stored and len(msgs["deadletter"]) == failed
+    assert all(d.value["reason"] and d.value["vault_ref"] for d in msgs["deadletter"])
+    identifying = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "StudyInstanceUID",
+                   "SeriesInstanceUID", "SOPInstanceUID", "InstitutionName", "InstitutionAddress",
+                   "ReferringPhysicianName", "OperatorsName", "DeviceSerialNumber")  # fmt: skip
+    phi: dict[str, set[str]] = {"name": set(), "identifier": set(), "address": set(), "telecom": set()}
+    kept: set[str] = set()  # Manufacturer is kept on purpose (acquisition attribute for shift monitoring)
+    with (dicom_dir / "DICOM_TAGS.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            kept.add((row.get("Manufacturer") or "").strip())
+            for col in identifying:
+                value = (row.get(col) or "").strip()
+                if len(value) >= 4:
+                    phi["identifier"].add(value)
+                    phi["name"].update(p for p in value.replace("^", " ").split() if len(p) >= 5)
+    kept |= {w for k in kept for w in k.replace("_", " ").split()}
+    phi = {k: v - kept for k, v in phi.items()}
+    texts = [t for events in msgs.values() for t in message_strings(events)]
+    assert leaks(texts, phi) == []
+    client.app.state.gateway.close()
+    assert scan_home(settings.home_dir, phi) == []
