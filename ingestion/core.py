@@ -121,6 +121,7 @@ class Ingestor:
         self._prefetched: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._pool: Any = None
         self._prevalidated: dict[int, Any] = {}
+        self._digests: dict[int, str] = {}
         if validation_workers > 0:
             from ingestion.validation_pool import ValidationPool
 
@@ -283,13 +284,13 @@ class Ingestor:
                     if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
                         persons[self.pseudo.identifier(None, ident["value"])] = self.pseudo.person(r["id"])
         refs = RefIndex(full_urls, persons)
+        resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        self._digests = {id(r): _digest(r) for r in resources}  # each resource is hashed once
+        fresh = resources
         if self.publish:  # one seen-store query for the whole Bundle
-            eids = [str(event_id_for(self.source, _digest(e["resource"]))) for e in entries
-                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]  # fmt: skip
-            self._prefetched = self.state.seen(eids)
-        fresh = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        if self._prefetched:
-            fresh = [r for r in fresh if str(event_id_for(self.source, _digest(r))) not in self._prefetched]
+            eids = {id(r): str(event_id_for(self.source, self._digests[id(r)])) for r in resources}
+            self._prefetched = self.state.seen(eids.values())
+            fresh = [r for r in resources if eids[id(r)] not in self._prefetched]
         if self._pool is not None and len(fresh) >= 32:
             self._prevalidated = self._pool.submit(fresh)
         elif PREVALIDATE:
@@ -299,6 +300,7 @@ class Ingestor:
         finally:
             self._prefetched = None
             self._prevalidated = {}
+            self._digests = {}
 
     def _bundle_entries(self, entries: list[Any], btype: str, refs: RefIndex) -> list[_Item]:
         items: list[_Item] = []
@@ -342,7 +344,7 @@ class Ingestor:
             return self._reject(rej, raw if raw is not None else _dump(resource), None, None)
 
     def _resource_item(self, resource: Any, refs: RefIndex, *, full_url: Any = None, raw: bytes | None = None) -> _Item:
-        digest = _digest(resource)
+        digest = self._digests.get(id(resource)) or _digest(resource)
         event_id = str(event_id_for(self.source, digest))
         prior = self._prior(event_id)
         if prior is not None:  # identical content already published: no validation, no de-identification
