@@ -47,6 +47,10 @@ DROP_BY_TYPE: dict[str, frozenset[str]] = {
     "Group": frozenset({"name"}),
     "CareTeam": frozenset({"name"}),
 }
+# DICOM UIDs carried in FHIR: remapped with the same keyed mapping the DICOM de-identifier uses, so the original UIDs
+# never pass the gateway and a FHIR ImagingStudy still links to its de-identified DICOM instances.
+DICOM_UID_FIELDS = frozenset({("ImagingStudySeries", "uid"), ("ImagingStudySeriesInstance", "uid")})
+DICOM_UID_SYSTEM = "urn:dicom:uid"
 PATIENT_FIELDS = ("patient", "subject", "beneficiary")
 # Clinical resources careloop can only use when linked to a person (OMOP needs person_id).
 REQUIRES_PATIENT = frozenset(
@@ -181,7 +185,9 @@ def _identifier(obj: dict[str, Any], ctx: DeidContext) -> dict[str, Any] | None:
         if t:
             out["type"] = t
     value = obj.get("value")
-    if isinstance(value, str):
+    if isinstance(value, str) and obj.get("system") == DICOM_UID_SYSTEM:
+        out["value"] = "urn:oid:" + ctx.pseudo.uid(value.removeprefix("urn:oid:"))
+    elif isinstance(value, str):
         out["value"] = ctx.pseudo.identifier(obj.get("system"), value)
     if isinstance(obj.get("period"), dict):
         p = walk(obj["period"], "Period", ctx)
@@ -296,6 +302,8 @@ def walk(obj: dict[str, Any], type_name: str, ctx: DeidContext) -> dict[str, Any
             out[key] = _shift(value, ctx)
         elif kind is MARKDOWN or (kind is STRING and key in FREE_TEXT):
             continue
+        elif (type_name, key) in DICOM_UID_FIELDS and isinstance(value, str):
+            out[key] = ctx.pseudo.uid(value)
         else:
             out[key] = value
     for key in exts:

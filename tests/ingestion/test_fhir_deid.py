@@ -130,3 +130,24 @@ def test_staff_resources_keep_codes_but_lose_identity() -> None:
     assert out == {"resourceType": "Practitioner", "id": P.resource_id("Practitioner", "dr1"),
                    "identifier": [{"system": "npi", "value": P.identifier("npi", "999")}],
                    "qualification": [{"code": {"coding": [{"system": "s", "code": "MD"}]}}]}  # fmt: skip
+
+
+def test_imaging_study_dicom_uids_use_the_dicom_mapping() -> None:
+    """Original DICOM UIDs must not pass the gateway, and the FHIR study must still link to its de-identified DICOM
+    (whose UIDs `Pseudonymizer.uid` remaps): study identifier, series and instance UIDs use that same mapping."""
+    study, series, instance = "1.2.840.113619.2.55.3.1", "1.2.840.113619.2.55.3.1.2", "1.2.840.113619.2.55.3.1.2.3"
+    sop_class = "urn:oid:1.2.840.10008.5.1.4.1.1.2"
+    resource = {
+        "resourceType": "ImagingStudy", "id": "is1", "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study}"}, {"value": "ACC123456"}],
+        "subject": {"reference": "Patient/p"},
+        "series": [{"uid": series, "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"},
+                    "instance": [{"uid": instance, "sopClass": {"system": "urn:ietf:rfc:3986", "code": sop_class}}]}],
+    }  # fmt: skip
+    out, _ = deid(resource, refs=RefIndex({"Patient/p": ("Patient", "p")}))
+    text = str(out)
+    assert study not in text and series not in text and instance not in text and "ACC123456" not in text
+    assert out["identifier"][0]["value"] == f"urn:oid:{P.uid(study)}"
+    assert out["series"][0]["uid"] == P.uid(series)
+    assert out["series"][0]["instance"][0]["uid"] == P.uid(instance)
+    assert out["series"][0]["instance"][0]["sopClass"]["code"] == sop_class  # a class, not an identifier: kept
