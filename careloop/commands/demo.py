@@ -86,12 +86,9 @@ def _stream(settings, *, features: bool) -> None:
     from careloop.console import err
     from transforms import StreamRunner
 
-    hooks = []
-    if features:
-        import feature_store
+    from careloop.commands.stream import feature_hooks
 
-        feature_store.apply(settings)
-        hooks.append(feature_store.StreamFeatureHook(settings))
+    hooks = feature_hooks(settings, features)
     err.print("• streaming Kafka -> Beam -> OMOP lake" + (" -> Feast" if features else "") + " until idle")
     summary = StreamRunner(settings, on_batch_committed=hooks).run(until_idle=5)
     err.print(f"• {summary.batches} micro-batches, {summary.events:,} events, {summary.rows_written:,} OMOP rows, "

@@ -15,6 +15,9 @@ def stream(
     batch_size: int = typer.Option(5000, "--batch-size", min=1, help="most events per micro-batch"),
     max_wait_ms: int = typer.Option(1000, "--max-wait-ms", min=0, help="longest wait to fill a micro-batch"),
     group: str = typer.Option("careloop-transforms", "--group", help="Kafka consumer group"),
+    features: bool = typer.Option(
+        True, "--features/--no-features", help="recompute touched persons' features and push them to Feast per batch"
+    ),
 ) -> None:
     """Consume `fhir` and `dicom`, map to OMOP CDM v5.4 and commit each micro-batch to the lake (SIGTERM finishes
     the batch and exits cleanly)."""
@@ -28,10 +31,12 @@ def stream(
 
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings()
+    hooks = feature_hooks(settings, features)
     runner = StreamRunner(settings, batch_size=batch_size, max_wait_ms=max_wait_ms, group_id=group,
-                          install_signal_handlers=True)  # fmt: skip
+                          on_batch_committed=hooks, install_signal_handlers=True)  # fmt: skip
     err.print(
-        f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.* "
+        f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.*"
+        f"{' -> Feast' if features else ''} "
         f"(batch {batch_size}, wait {max_wait_ms} ms{'' if until_idle is None else f', idle exit {until_idle}s'})"
     )
     summary = runner.run(until_idle=until_idle)
@@ -39,6 +44,17 @@ def stream(
         f"{summary.batches} batches, {summary.events} events, {summary.rows_written} rows written, "
         f"{summary.dead_letters} dead letters, {summary.events_per_s:.0f} events/s; stopped by {summary.stopped_by}"
     )
+
+
+def feature_hooks(settings, enabled: bool) -> list:
+    """The feature store's per-batch push, as a stream hook: a failing push blocks the offset commit, so the batch
+    is retried and nothing is lost (issue 6). Applying the Feast repo first is idempotent."""
+    if not enabled:
+        return []
+    import feature_store
+
+    feature_store.apply(settings)
+    return [feature_store.StreamFeatureHook(settings)]
 
 
 @app.command("status")

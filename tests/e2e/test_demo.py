@@ -85,6 +85,13 @@ def test_demo_runs_the_loop_and_leaks_nothing(tmp_path: Path, monkeypatch: pytes
         trace = run_cli("sql", "select count(*) from lineage.edges where src_kind = 'kafka'", "-f", "csv", env=env)
         assert int(trace.stdout.splitlines()[-1]) > 0
 
+        import pyarrow.parquet as pq
+
+        parts = list((home / "features" / "live" / "offline" / "demographics").glob("s*.parquet"))
+        assert parts, "the stream's feature hook pushed nothing"
+        pushed = {p for part in parts for p in pq.read_table(part, columns=["person_id"]).column(0).to_pylist()}
+        assert len(pushed) == PATIENTS
+
         secrets = _identifiers_for(tmp_path)
         assert len(secrets) > PATIENTS * 5  # the scan has something to look for
 

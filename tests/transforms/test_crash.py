@@ -82,7 +82,7 @@ def lake_digest(settings: Settings) -> dict[str, tuple[int, str]]:
     return out
 
 
-STREAM_ARGS = ["stream", "--until-idle", "6", "--batch-size", "2000", "--max-wait-ms", "300"]
+STREAM_ARGS = ["stream", "--until-idle", "6", "--batch-size", "2000", "--max-wait-ms", "300", "--no-features"]
 
 
 def stream_proc(env: dict) -> subprocess.Popen:
