@@ -83,10 +83,9 @@ def _publish(settings, *, patients: int, months: int, sites: int, seed: int) -> 
 
 
 def _stream(settings, *, features: bool) -> None:
+    from careloop.commands.stream import feature_hooks
     from careloop.console import err
     from transforms import StreamRunner
-
-    from careloop.commands.stream import feature_hooks
 
     hooks = feature_hooks(settings, features)
     err.print("• streaming Kafka -> Beam -> OMOP lake" + (" -> Feast" if features else "") + " until idle")
