@@ -105,20 +105,27 @@ def deidentify_dicom(
         raise DicomRejected(
             "deidentification_failed", f"de-identification failed ({type(err).__name__})", sop_class_uid=sop_class
         ) from None
-    return DicomDeidResult(
-        person=person,
-        dataset_bytes=out,
-        sha256=hashlib.sha256(out).hexdigest(),
-        metadata=metadata_json(ds),
-        study_uid=_str(ds.get("StudyInstanceUID")),
-        series_uid=_str(ds.get("SeriesInstanceUID")),
-        sop_instance_uid=_str(ds.get("SOPInstanceUID")),
-        sop_class_uid=sop_class,
-        modality=_str(ds.get("Modality")),
-        acquisition=acquisition_attributes(ds, options.retain_device_identity),
-        occurred_at=occurred_at(ds) if options.retain_modified_dates else None,
-        method=method,
-    )
+    try:  # the event metadata converts every value (e.g. DS/IS to numbers): a value that cannot convert rejects
+        return DicomDeidResult(
+            person=person,
+            dataset_bytes=out,
+            sha256=hashlib.sha256(out).hexdigest(),
+            metadata=metadata_json(ds),
+            study_uid=_str(ds.get("StudyInstanceUID")),
+            series_uid=_str(ds.get("SeriesInstanceUID")),
+            sop_instance_uid=_str(ds.get("SOPInstanceUID")),
+            sop_class_uid=sop_class,
+            modality=_str(ds.get("Modality")),
+            acquisition=acquisition_attributes(ds, options.retain_device_identity),
+            occurred_at=occurred_at(ds) if options.retain_modified_dates else None,
+            method=method,
+        )
+    except Exception as err:
+        raise DicomRejected(
+            "invalid_value",
+            f"an attribute value cannot be represented in the DICOM JSON model ({type(err).__name__})",
+            sop_class_uid=sop_class,
+        ) from None
 
 
 # -- the element walk ---------------------------------------------------------------------------------------------

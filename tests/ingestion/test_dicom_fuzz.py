@@ -71,3 +71,13 @@ def test_mutated_files_never_crash(seeds: list[bytes], which: int, muts: list[tu
 def test_random_bytes_are_rejected_or_accepted_never_crash(data: bytes) -> None:
     with contextlib.suppress(DicomRejected):
         deidentify_dicom(b"\x00" * 128 + b"DICM" + data, PS, lambda pid: PS.person(pid or "x"), OPTIONS)
+
+
+def test_regression_truncated_mr_with_empty_numeric_value(seeds: list[bytes]) -> None:
+    """Found by the fuzzer in CI: truncating MR_small left a DS element empty, and converting it for the event's
+    DICOM JSON raised ValueError out of `deidentify_dicom` instead of a reasoned rejection."""
+    data = mutate(seeds[0], [("truncate", 0.3517112326088406, b"\x00"), ("insert", 1.0, b"\x00"),
+                             ("truncate", 0.3517112326088406, b"\x00")])  # fmt: skip
+    with pytest.raises(DicomRejected) as info:
+        deidentify_dicom(data, PS, lambda pid: PS.person(pid or "unknown"), OPTIONS)
+    assert info.value.reason
