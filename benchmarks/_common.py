@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from careloop.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,3 +49,25 @@ def summary(values: list[float]) -> dict[str, float]:
         "max": max(values),
         "n": len(values),
     }
+
+
+@contextlib.contextmanager
+def local_stack(name: str) -> Iterator[Settings]:
+    """A throwaway CARELOOP_HOME and TMPDIR with its own Tansu broker, stopped by PID on exit, so a benchmark never
+    touches an operator's state and leaves no process behind."""
+    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
+        del os.environ[key]
+    from careloop.broker import LocalBroker
+    from careloop.settings import Settings
+    from careloop.topics import ensure_topics
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"careloop-bench-{name}-"))
+    os.environ["TMPDIR"] = str(tmp)
+    broker = LocalBroker(Settings(home=tmp / "broker", broker_start_timeout_s=30))
+    state = broker.start()
+    try:
+        settings = Settings(home=tmp / "home", kafka_bootstrap=state.bootstrap, topic_prefix="bench.")
+        ensure_topics(settings)
+        yield settings
+    finally:
+        broker.stop()

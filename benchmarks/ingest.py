@@ -19,7 +19,6 @@ import os
 import platform
 import pstats
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +28,8 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks._common import local_stack  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
 
 PHASES = (  # (label, module, class or None, attribute) wrapped with a timer for the phase breakdown
@@ -141,19 +142,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest.json")
     args = ap.parse_args()
 
-    for key in [k for k in os.environ if k.startswith("CARELOOP_")]:
-        del os.environ[key]
-    from careloop.broker import LocalBroker
-    from careloop.settings import Settings
-    from careloop.topics import ensure_topics
-
-    tmp = Path(tempfile.mkdtemp(prefix="careloop-bench-"))
-    os.environ["TMPDIR"] = str(tmp)
-    broker = LocalBroker(Settings(home=tmp / "broker", broker_start_timeout_s=30))
-    state = broker.start()
-    try:
-        settings = Settings(home=tmp / "home", kafka_bootstrap=state.bootstrap, topic_prefix="bench.")
-        ensure_topics(settings)
+    with local_stack("ingest") as settings:
         files = sorted((DATA / "fhir" / "synthea_r4_bundles").glob("*.json"))
         files = files[: args.bundles] if args.bundles else files
         bundles = [orjson.loads(f.read_bytes()) for f in files]
@@ -197,8 +186,6 @@ def main() -> None:
             prof.disable()
             print(_profile_top(prof))
         result["dicom"] = _dicom(settings, args.dicom_rounds)
-    finally:
-        broker.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

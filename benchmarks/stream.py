@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import percentile, write_result
+from benchmarks._common import local_stack, percentile, write_result
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -110,22 +109,11 @@ def main() -> None:
     n = args.resources or (100_000 if args.full else 20_000)
     fresh_s = args.freshness_seconds or (30.0 if args.full else 10.0)
 
-    import os
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    os.environ["TMPDIR"] = str(tmp)
-    from careloop.broker import LocalBroker
     from careloop.duck import connect
     from careloop.kafka import EventProducer
-    from careloop.settings import Settings
-    from careloop.topics import ensure_topics
     from transforms import StreamRunner, load_vocabulary
 
-    broker = LocalBroker(Settings(home=tmp / "broker", broker_start_timeout_s=30))
-    state = broker.start()
-    try:
-        settings = Settings(home=tmp / "home", kafka_bootstrap=state.bootstrap, topic_prefix="bench.")
-        ensure_topics(settings)
+    with local_stack("stream") as settings:
         con = connect(settings)
         load_vocabulary(con, SHARED / "omop" / "eunomia_synthea27nj")
         con.close()
@@ -233,8 +221,6 @@ def main() -> None:
         }
         print(json.dumps(result, indent=2, default=str))
         write_result("stream", result)
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":
