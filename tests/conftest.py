@@ -8,9 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from careloop.broker import LocalBroker
 from careloop.settings import Settings, load_settings
+
+# CI must be reproducible: there Hypothesis explores a fixed sequence of examples. Developer runs keep random
+# exploration (that is how the fuzzers found the bugs they pin as regression tests).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
