@@ -22,17 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import write_result  # noqa: E402
-
-
-def _codings(node, out) -> None:
-    if isinstance(node, dict):
-        if "system" in node and "code" in node:
-            out.append((node["system"], str(node["code"])))
-        for v in node.values():
-            _codings(v, out)
-    elif isinstance(node, list):
-        for v in node:
-            _codings(v, out)
+from ingestion.simulator.codes import collect_codings  # noqa: E402
 
 
 def validate_all(fhir_dir: Path, eunomia: set[tuple[str, str]], limit: int | None) -> dict[str, object]:
@@ -54,7 +44,7 @@ def validate_all(fhir_dir: Path, eunomia: set[tuple[str, str]], limit: int | Non
                 if len(errors) < 5:
                     errors.append(f"{r['resourceType']}: {str(exc)[:200]}")
             codes: list[tuple[str, str]] = []
-            _codings(r, codes)
+            collect_codings(r, codes)
             for s, c in codes:
                 if s in VOCABULARY_SYSTEMS:
                     checked += 1

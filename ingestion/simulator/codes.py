@@ -22,6 +22,21 @@ US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
 # The coding systems whose codes are checked against the OMOP vocabulary.
 VOCABULARY_SYSTEMS = {SNOMED: "SNOMED", LOINC: "LOINC", RXNORM: "RxNorm", UCUM: "UCUM"}
 
+
+def collect_codings(node: object, out: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Append every (system, code) pair found anywhere in a FHIR JSON value (Codings, Quantities) to `out`; the
+    tests and the benchmark check them against the Eunomia vocabulary."""
+    if isinstance(node, dict):
+        if "system" in node and "code" in node:
+            out.append((node["system"], str(node["code"])))
+        for v in node.values():
+            collect_codings(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            collect_codings(v, out)
+    return out
+
+
 RACES = [  # (OMB code, display, share of US adults; Census 2020 alone-or-in-combination, rounded)
     ("2106-3", "White", 0.62),
     ("2054-5", "Black or African American", 0.13),

@@ -19,12 +19,12 @@ def test_two_writer_processes_and_a_reader(tmp_path) -> None:
         )
         for name in ("a", "b")
     ]
-    reader = open_store(settings, read_only=True)
     seen: list[int] = []
     while any(w.poll() is None for w in writers):
         # every read sees a committed state: whole batches only, never a half-written one
-        reader.execute("SELECT 1")  # keep the connection busy between snapshots
-        n = open_store(settings, read_only=True).execute("SELECT count(*) FROM lineage.edges").fetchone()[0]
+        reader = open_store(settings, read_only=True)
+        n = reader.execute("SELECT count(*) FROM lineage.edges").fetchone()[0]
+        reader.close()
         assert n % per_batch == 0
         seen.append(n)
         time.sleep(0.2)

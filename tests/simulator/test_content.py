@@ -12,7 +12,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from ingestion.pseudonym import Pseudonymizer
 from ingestion.simulator import SimulationConfig, bundle_waves, write_simulation
-from ingestion.simulator.codes import UCUM, VOCABULARY_SYSTEMS
+from ingestion.simulator.codes import UCUM, VOCABULARY_SYSTEMS, collect_codings
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -32,23 +32,12 @@ def test_every_resource_and_bundle_validates_under_r4b(sample_records):
     assert n > 3000
 
 
-def _codings(node, out):
-    if isinstance(node, dict):
-        if "system" in node and "code" in node:
-            out.append((node["system"], str(node["code"])))
-        for v in node.values():
-            _codings(v, out)
-    elif isinstance(node, list):
-        for v in node:
-            _codings(v, out)
-
-
 def test_at_least_95_percent_of_codes_are_in_eunomia(sample_records, eunomia_codes):
     codings: list[tuple[str, str]] = []
     for rec in sample_records:
         for d in rec.deliveries:
             if d.resource is not None:
-                _codings(d.resource, codings)
+                collect_codings(d.resource, codings)
     checked = [(VOCABULARY_SYSTEMS[s], c) for s, c in codings if s in VOCABULARY_SYSTEMS]
     assert len(checked) > 5000
     assert any(v == "UCUM" for v, _ in checked) and UCUM in VOCABULARY_SYSTEMS
