@@ -73,6 +73,22 @@ class _Spool:
         return [self.root / f"{b:06d}.ndjson" for b in sorted(self.files)]
 
 
+class Pacer:
+    """Keeps submissions at a steady `rate` per second from `start`: after the n-th delivery it sleeps until
+    `start + n / rate`, and not at all when behind schedule (a gateway slower than the rate just runs flat out).
+    `rate <= 0` means as fast as possible. The clock is injectable so the pacing is tested without timing."""
+
+    def __init__(self, rate: float, start: float, *, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+        self.rate, self.start, self.clock, self.sleep = rate, start, clock, sleep
+
+    def wait(self, sent: int) -> None:
+        if self.rate > 0:
+            ahead = self.start + sent / self.rate - self.clock()
+            if ahead > 0:
+                self.sleep(ahead)
+
+
 def publish_simulation(
     config: SimulationConfig,
     *,
@@ -114,7 +130,7 @@ def publish_simulation(
             buckets = spool.buckets()
         total = summary.resources + summary.deletes + summary.dicom_files
         sent = 0
-        start = time.perf_counter()
+        pacer = Pacer(rate, time.perf_counter())
         with ExitStack() as stack:
             ingestors: dict[str, Any] = {}
             for path in buckets:
@@ -138,10 +154,7 @@ def publish_simulation(
                     if outcome.status == "rejected":
                         reasons[(outcome.reason or "")[:120]] += 1
                     sent += 1
-                    if rate > 0:
-                        ahead = start + sent / rate - time.perf_counter()
-                        if ahead > 0:
-                            time.sleep(ahead)
+                    pacer.wait(sent)
                     if on_progress and (sent % 200 == 0 or sent == total):
                         on_progress(sent, total, f"{dict(outcomes)}")
                 del rows

@@ -70,3 +70,25 @@ def test_written_files_are_accepted_by_careloop_publish(settings, tmp_path, caps
         with pytest.raises(SystemExit) as exc:
             main(["publish", "dicom", str(tmp_path / "ndjson" / "dicom"), "--strict"])
         assert exc.value.code == 0, capsys.readouterr().out
+
+
+def test_pacer_spaces_deliveries_at_the_rate_and_never_sleeps_when_behind() -> None:
+    from ingestion.simulator.publish import Pacer
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    pacer = Pacer(4.0, start=100.0, clock=lambda: now[0], sleep=sleep)
+    for n in range(1, 5):  # instant submissions: each waits for its slot, 0.25 s apart
+        pacer.wait(n)
+        assert now[0] == 100.0 + n * 0.25
+    now[0] += 2.0  # a slow gateway call: now behind schedule
+    pacer.wait(5)
+    assert len(slept) == 4  # behind: no sleep
+    unpaced = Pacer(0.0, start=0.0, clock=lambda: 0.0, sleep=sleep)
+    unpaced.wait(1000)
+    assert len(slept) == 4
