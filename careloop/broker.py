@@ -155,12 +155,9 @@ class LocalBroker:
 
 
 def list_topics(settings: Settings, bootstrap: str) -> list[str]:
-    from kafka.admin import KafkaAdminClient
+    from confluent_kafka.admin import AdminClient
 
     from careloop.kafka import client_config
 
-    admin = KafkaAdminClient(**client_config(settings, bootstrap))
-    try:
-        return sorted(admin.list_topics())
-    finally:
-        admin.close()
+    admin = AdminClient(client_config(settings, bootstrap))
+    return sorted(t for t in admin.list_topics(timeout=10).topics if not t.startswith("__"))

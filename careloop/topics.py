@@ -30,22 +30,30 @@ def registry(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]:
     """Create any missing topic of the registry; returns the names that were created."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
 
+    from careloop.errors import BrokerError
     from careloop.kafka import client_config, resolve_bootstrap
 
-    admin = KafkaAdminClient(**client_config(settings, bootstrap or resolve_bootstrap(settings)))
+    boot = bootstrap or resolve_bootstrap(settings)
+    admin = AdminClient(client_config(settings, boot))
     try:
-        existing = set(admin.list_topics())
-        missing = [t for t in registry(settings) if t.name not in existing]
-        created = []
-        for spec in missing:
-            try:
-                admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
-                created.append(spec.name)
-            except TopicAlreadyExistsError:
-                pass
-        return created
-    finally:
-        admin.close()
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as err:
+        raise BrokerError(f"cannot connect to Kafka at {boot}: {err}") from err
+    missing = [t for t in registry(settings) if t.name not in existing]
+    created = []
+    futures = (
+        admin.create_topics([NewTopic(s.name, s.partitions, 1) for s in missing], operation_timeout=30)
+        if missing
+        else {}
+    )
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+            created.append(name)
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"creating topic {name} failed: {err}") from err
+    return created

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from careloop.events import ConsumedEvent
-from careloop.kafka import decode_record
+from careloop.kafka import read_topic as kafka_read_topic
 from careloop.settings import Settings
 
 TOPICS = ("fhir", "dicom", "outcomes", "predictions", "alerts", "deadletter")
@@ -17,28 +17,7 @@ TOPICS = ("fhir", "dicom", "outcomes", "predictions", "alerts", "deadletter")
 
 def read_topic(settings: Settings, name: str, idle_polls: int = 2) -> list[ConsumedEvent]:
     """Every message of one topic, from the beginning (assign(), no group join: fast on Tansu)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = settings.topic(name)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False,
-                             group_id=None, max_partition_fetch_bytes=settings.max_message_bytes + 65536)  # fmt: skip
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[ConsumedEvent] = []
-        empty = 0
-        while empty < idle_polls:
-            batch = consumer.poll(timeout_ms=700, max_records=5000)
-            records = [r for rs in batch.values() for r in rs]
-            empty = 0 if records else empty + 1
-            out.extend(decode_record(r) for r in records)
-        return out
-    finally:
-        consumer.close()
+    return kafka_read_topic(settings, settings.topic(name), idle_polls=idle_polls)
 
 
 def read_all(settings: Settings) -> dict[str, list[ConsumedEvent]]:
