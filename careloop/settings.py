@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8080, ge=0, le=65535)
     gateway_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest Bundle/resource/STOW body")
     gateway_max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest NDJSON line in $import")
+    ingest_workers: int | None = Field(None, ge=0, le=64, description="ingestion worker processes for large inputs "
+                                       "(None: one per CPU; 0: everything in-process)")  # fmt: skip
 
     @field_validator("topic_prefix")
     @classmethod

@@ -24,28 +24,17 @@ from pydantic import BaseModel
 from careloop.errors import BrokerError
 from careloop.events import DeadLetter, Event, EventHeaders, content_hash, event_id_for, utcnow
 from careloop.settings import Settings
-from ingestion.fhir_deid import (
-    PATIENT_FIELDS,
-    REQUIRES_PATIENT,
-    DeidContext,
-    DeidError,
-    FhirDeidOptions,
-    RefIndex,
-    clinical_time,
-    deidentify_resource,
-    pseudo_id,
-    shift_date_text,
-)
-from ingestion.fhir_schema import is_resource_type
-from ingestion.fhir_validate import Rejection, parse_json, resource_type_of, validate_resource
+from ingestion.fhir_deid import PSEUDONYMOUS, FhirDeidOptions, RefIndex, pseudo_id, shift_date_text
+from ingestion.fhir_item import Accepted, Env, Rejected, process_resource, urn_id, validate_all
+from ingestion.fhir_validate import Rejection, parse_json, resource_type_of
 from ingestion.pseudonym import Pseudonymizer
 from ingestion.state import IngestState
 from ingestion.vault import RawVault
 
-NOT_DATA = frozenset({"OperationOutcome", "Parameters", "SubscriptionStatus", "Binary", "CapabilityStatement"})
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "history", "document", "message"})
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 LINEAGE_FLUSH_S = 30.0
+MIN_POOL_INPUT = 64  # fewer new resources than this are processed in-process (worker round trip not worth it)
 SETTLE_EVERY = 5000  # without ack_each_call: wait for acks at the latest after this many events
 
 
@@ -88,6 +77,8 @@ class _Item:
     resource_key: str | None = None
     vault_ref: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # STOW details (SOP class, failure reason)
+    sealed: tuple[bytes, bytes] | None = None  # (nonce, ciphertext) of the original, encrypted by a worker
+    ident_hashes: list[str] = field(default_factory=list)  # for conditional references to non-Patient resources
 
 
 class Ingestor:
@@ -95,7 +86,9 @@ class Ingestor:
 
     def __init__(self, settings: Settings, *, source_system: str, site: str | None = None, publish: bool = True,
                  pseudonymizer: Pseudonymizer | None = None, ack_each_call: bool = True,
-                 validation_workers: int = 0) -> None:  # fmt: skip
+                 validation_workers: int = 0, workers: int | None = None) -> None:  # fmt: skip
+        """`workers`: processes for large inputs (None: `settings.ingest_workers`, which defaults to one per CPU;
+        0: in-process only). `validation_workers` > 0 is the older name of the same thing."""
         from lineage import LineageWriter
 
         self.settings = settings
@@ -118,14 +111,14 @@ class Ingestor:
         self._drained: list[Event] = []
         self._settled: list[tuple[_Item, str | None, Any]] = []  # sent (or kept), not yet acked and recorded
         self._inflight: dict[str, tuple[str | None, str | None, str | None]] = {}
-        self._prefetched: dict[str, tuple[str | None, str | None, str | None]] | None = None
         self._pool: Any = None
-        self._prevalidated: dict[int, Any] = {}
-        self._digests: dict[int, str] = {}
-        if validation_workers > 0:
-            from ingestion.validation_pool import ValidationPool
+        from ingestion.workers import default_workers
 
-            self._pool = ValidationPool(validation_workers)
+        if workers is None and validation_workers > 0:
+            workers = validation_workers
+        self._workers = default_workers(settings.ingest_workers if workers is None else workers)
+        self._env = Env(self.pseudo, self.options, settings.max_message_bytes)
+        self._fhir_topic = settings.topic("fhir")
         self._dead: list[DeadLetter] = []
         self._last_lineage_flush = time.monotonic()
         self._dicom: Any = None
@@ -153,24 +146,73 @@ class Ingestor:
             self._commit(items)
             return [i.outcome for i in items]
 
+    def submit_bundles(self, bundles: Iterable[dict[str, Any] | bytes]) -> Iterator[list[Outcome]]:
+        """Many Bundles, pipelined: the workers validate and de-identify Bundle k+1 while this process vaults and
+        publishes Bundle k. Yields one outcome list per Bundle, in order; results equal `submit_bundle` one by one."""
+        prev: Any = None
+        for bundle in bundles:
+            with self._lock:
+                cur = self._start_bundle(bundle)
+            if prev is not None:
+                yield self._complete_bundle(prev)
+            prev = cur
+        if prev is not None:
+            yield self._complete_bundle(prev)
+
+    def _start_bundle(self, bundle: dict[str, Any] | bytes) -> tuple[Any, ...]:
+        raw = bundle if isinstance(bundle, bytes) else None
+        try:
+            obj = parse_json(bundle) if isinstance(bundle, bytes) else bundle
+            return ("ok", self._prepare_bundle(obj))
+        except Rejection as r:
+            return ("rej", self._reject(r, raw if raw is not None else _dump(bundle), None, None))
+
+    def _complete_bundle(self, started: tuple[Any, ...]) -> list[Outcome]:
+        with self._lock:
+            items = self._finish_bundle(started[1]) if started[0] == "ok" else [started[1]]
+            self._commit(items)
+            return [i.outcome for i in items]
+
     def submit_ndjson(self, lines: Iterable[bytes], *, batch_size: int = 500) -> Iterator[Outcome]:
         """Streamed: one outcome per non-empty line (a Bundle line yields one per entry), committed in batches."""
-        batch: list[_Item] = []
+        batch: list[bytes] = []
         for line in lines:
             line = line.strip()
             if not line:
                 continue
-            with self._lock:
-                batch.extend(self._from_input(line, allow_bundle=True, many=True))
+            batch.append(line)
             if len(batch) >= batch_size:
                 with self._lock:
-                    self._commit(batch)
-                yield from (i.outcome for i in batch)
+                    items = self._lines_items(batch)
+                    self._commit(items)
+                yield from (i.outcome for i in items)
                 batch = []
         if batch:
             with self._lock:
-                self._commit(batch)
-            yield from (i.outcome for i in batch)
+                items = self._lines_items(batch)
+                self._commit(items)
+            yield from (i.outcome for i in items)
+
+    def _lines_items(self, lines: list[bytes]) -> list[_Item]:
+        """NDJSON lines -> items in line order; the single resources go through one `_prepare` (the workers)."""
+        slots: list[Any] = []
+        specs: list[tuple[Any, Any, bytes | None]] = []
+        for line in lines:
+            try:
+                obj = parse_json(line)
+            except Rejection as r:
+                slots.append([self._reject(r, line, None, None)])
+                continue
+            if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
+                try:
+                    slots.append(self._bundle_items(obj))
+                except Rejection as r:
+                    slots.append([self._reject(r, line, None, None)])
+                continue
+            slots.append(len(specs))
+            specs.append((obj, None, line))
+        done = self._finish(self._prepare(specs, self._refs({}, {}, []))) if specs else []
+        return [x for slot in slots for x in ([done[slot]] if isinstance(slot, int) else slot)]
 
     def submit_delete(self, resource_type: str, logical_id: str) -> Outcome:
         with self._lock:
@@ -251,12 +293,15 @@ class Ingestor:
             if allow_bundle and isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
                 items = self._bundle_items(obj)
                 return items if many else items[0]
-            item = self._guarded(obj, RefIndex(), None, raw)
+            item = self._finish(self._prepare([(obj, None, raw)], self._refs({}, {}, [obj])))[0]
         except Rejection as r:
             item = self._reject(r, raw if raw is not None else _dump(data), None, None)
         return [item] if many else item
 
     def _bundle_items(self, bundle: Any) -> list[_Item]:
+        return self._finish_bundle(self._prepare_bundle(bundle))
+
+    def _prepare_bundle(self, bundle: Any) -> tuple[list[Any], str, _Prepared]:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise Rejection("InvalidFHIR", "expected a Bundle resource")
         btype = bundle.get("type")
@@ -268,41 +313,33 @@ class Ingestor:
         if not isinstance(entries, list):
             raise Rejection("InvalidFHIR", "Bundle.entry must be a list")
         full_urls: dict[str, tuple[str, str]] = {}
-        for e in entries:
-            r = e.get("resource") if isinstance(e, dict) else None
-            fu = e.get("fullUrl") if isinstance(e, dict) else None
-            if isinstance(r, dict) and isinstance(fu, str) and isinstance(r.get("resourceType"), str):
-                rid = r.get("id") if isinstance(r.get("id"), str) else _urn_id(fu)
-                if rid:
-                    full_urls[fu] = (r["resourceType"], rid)
         persons: dict[str, str] = {}
+        resources: list[Any] = []
+        specs: list[tuple[Any, Any, bytes | None]] = []
         for e in entries:
             r = e.get("resource") if isinstance(e, dict) else None
-            if isinstance(r, dict) and r.get("resourceType") == "Patient" and isinstance(r.get("id"), str):
+            if not isinstance(r, dict):
+                continue
+            resources.append(r)
+            fu = e.get("fullUrl")
+            rtype = r.get("resourceType")
+            if isinstance(fu, str) and isinstance(rtype, str):
+                rid = r.get("id") if isinstance(r.get("id"), str) else urn_id(fu)
+                if rid:
+                    full_urls[fu] = (rtype, rid)
+            if rtype == "Patient" and isinstance(r.get("id"), str):
                 idents = r.get("identifier")
                 for ident in idents if isinstance(idents, list) else []:
                     if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
                         persons[self.pseudo.identifier(None, ident["value"])] = self.pseudo.person(r["id"])
-        refs = RefIndex(full_urls, persons)
-        resources = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        self._digests = {id(r): _digest(r) for r in resources}  # each resource is hashed once
-        fresh = resources
-        if self.publish:  # one seen-store query for the whole Bundle
-            eids = {id(r): str(event_id_for(self.source, self._digests[id(r)])) for r in resources}
-            self._prefetched = self.state.seen(eids.values())
-            fresh = [r for r in resources if eids[id(r)] not in self._prefetched]
-        if self._pool is not None and len(fresh) >= 32:
-            self._prevalidated = self._pool.submit(fresh)
-        elif PREVALIDATE:
-            self._prevalidated = _validate_in_process(fresh)
-        try:
-            return self._bundle_entries(entries, btype, refs)
-        finally:
-            self._prefetched = None
-            self._prevalidated = {}
-            self._digests = {}
+            if not _skipped_entry(e, btype):
+                specs.append((r, fu, None))
+        return entries, btype, self._prepare(specs, self._refs(full_urls, persons, resources))
 
-    def _bundle_entries(self, entries: list[Any], btype: str, refs: RefIndex) -> list[_Item]:
+    def _finish_bundle(self, prepared: tuple[list[Any], str, _Prepared]) -> list[_Item]:
+        entries, btype, prep = prepared
+        done = iter(self._finish(prep))
+        refs = prep.refs
         items: list[_Item] = []
         for n, e in enumerate(entries):
             if not isinstance(e, dict):
@@ -313,7 +350,7 @@ class Ingestor:
             req = e.get("request") if isinstance(e.get("request"), dict) else {}
             r = e.get("resource")
             if req.get("method") == "DELETE" and r is None:
-                items.append(self._delete_from_url(req.get("url")))
+                items.append(self._delete_from_url(req.get("url"), refs))
                 continue
             if r is None and req.get("method") in ("GET", "HEAD"):
                 rej = Rejection("UnsupportedInteraction", f"entry {n} is a {req['method']} (read) request; the gateway "
@@ -323,146 +360,140 @@ class Ingestor:
             if r is None:
                 items.append(self._reject(Rejection("InvalidFHIR", f"entry {n} has no resource"), _dump(e), None, None))
                 continue
-            if (
-                btype == "history"
-                and isinstance(r, dict)
-                and r.get("resourceType") in ("Parameters", "SubscriptionStatus")
-            ):
+            if _skipped_entry(e, btype):
                 continue  # the notification's own status entry (Subscription backport), not data
-            items.append(self._guarded(r, refs, e.get("fullUrl")))
+            if not isinstance(r, dict):
+                items.append(self._finish(self._prepare([(r, e.get("fullUrl"), None)], refs))[0])
+                continue
+            items.append(next(done))
         return items
 
-    def _guarded(self, resource: Any, refs: RefIndex, full_url: Any, raw: bytes | None = None) -> _Item:
+    def _refs(self, full_urls: dict[str, tuple[str, str]], persons: dict[str, str], resources: list[Any]) -> RefIndex:
+        """A RefIndex whose conditional references resolve against `resources` and the identity index."""
+        from ingestion.conditional import ConditionalResolver
+
+        resolver = ConditionalResolver(self.pseudo, self.state, resources)
+        return RefIndex(full_urls, persons, conditional=resolver.resolve)
+
+    def _prepare(self, specs: list[tuple[Any, Any, bytes | None]], refs: RefIndex) -> _Prepared:
+        """Hash, look up the seen-store once, and (for large inputs) hand the new resources to the workers."""
+        digests = [_digest(s[0]) for s in specs]  # each resource is hashed once
+        eids = [str(event_id_for(self.source, d)) for d in digests]
+        prior = self.state.seen(eids) if self.publish else {}
+        fresh = [i for i, s in enumerate(specs) if eids[i] not in prior and eids[i] not in self._inflight
+                 and isinstance(s[0], dict)]  # fmt: skip
+        prep = _Prepared(specs, refs, digests, eids, prior)
+        pool = self._worker_pool(len(fresh))
+        if pool is not None:
+            work = [(eids[i], digests[i], specs[i][1] if isinstance(specs[i][1], str) else None, specs[i][0])
+                    for i in fresh]  # fmt: skip
+            try:
+                prep.futures = pool.submit(refs.full_urls, refs.persons, work)
+                prep.fresh = fresh
+                return prep
+            except (TypeError, orjson.JSONEncodeError):
+                pass  # e.g. an integer beyond 64 bits: validated and rejected in-process
+        checks = validate_all([specs[i][0] for i in fresh])
+        prep.checks = dict(zip(fresh, checks, strict=True))
+        return prep
+
+    def _finish(self, prep: _Prepared) -> list[_Item]:
+        results: dict[int, tuple[Any, ...]] = {}
+        if prep.futures is not None:
+            pos = 0
+            for fut, size in prep.futures:
+                try:
+                    chunk = fut.result()
+                except Exception:  # a broken worker: everything of that chunk runs in-process
+                    chunk = [None] * size
+                for r in chunk:
+                    if r is not None and r[0] != "main":
+                        results[prep.fresh[pos]] = r
+                    pos += 1
+        items = []
+        for i, (resource, full_url, raw) in enumerate(prep.specs):
+            eid, hit = prep.eids[i], results.get(i)
+            p = prep.prior.get(eid) or (self._inflight.get(eid) if self.publish else None)
+            if p is not None:  # identical content already published: no validation, no de-identification
+                out = Outcome(status="duplicate", event_id=eid, resource_type=p[0], resource_id=p[1], person=p[2],
+                              http_status=200)  # fmt: skip
+                items.append(_Item(out, "fhir", None, None, "validation", "duplicate"))
+            elif hit is not None:
+                item = self._from_worker(hit, eid)
+                if raw is not None:  # the original bytes as received go to the vault (not the parsed form)
+                    item.raw, item.sealed = raw, None
+                items.append(item)
+            else:
+                items.append(self._guarded(resource, prep.refs, full_url, raw, prep.digests[i], eid,
+                                           prep.checks.get(i, False)))  # fmt: skip
+        return items
+
+    def _worker_pool(self, n: int) -> Any:
+        if n < MIN_POOL_INPUT or self._workers <= 0 or type(self.pseudo) not in (Pseudonymizer, CachingPseudonymizer):
+            return None
+        if self._pool is None:
+            from careloop.secrets import load_key
+            from ingestion.workers import WorkerPool
+
+            self._pool = WorkerPool(self._workers, pseudo_key=self.pseudo._key,
+                                    max_shift_days=self.pseudo.max_shift_days,
+                                    vault_key=load_key(self.settings, "vault"), options=self.options,
+                                    max_message_bytes=self.settings.max_message_bytes)  # fmt: skip
+        return self._pool
+
+    def start_workers(self) -> None:
+        """Start the worker processes now instead of on the first large input (no-op with 0 workers)."""
+        with self._lock:
+            pool = self._worker_pool(MIN_POOL_INPUT)
+            if pool is not None:
+                pool.warm_up()
+
+    def _from_worker(self, r: tuple[Any, ...], event_id: str) -> _Item:
+        if r[0] == "rej":
+            _, error_class, reason, http_status, stage, rtype, pid, sealed = r
+            out = Outcome.model_construct(status="rejected", event_id=event_id, resource_type=rtype, resource_id=pid,
+                                          person=None, reason=reason, error_class=error_class,
+                                          http_status=http_status, topic=None, partition=None, offset=None)  # fmt: skip
+            item = _Item(out, "deadletter", None, None, stage, f"{rtype}.rejected" if rtype else "rejected")
+            item.sealed = sealed
+            return item
+        _, rtype, pid, person, value, occurred_at, digest, identifiers, sealed, hashes = r
+        accepted = Accepted(rtype, pid, person, value, occurred_at, digest, [tuple(x) for x in identifiers], hashes)
+        return self._accepted_item(event_id, accepted, None, sealed)
+
+    def _accepted_item(self, event_id: str, a: Accepted, raw: bytes | None, sealed: Any = None) -> _Item:
+        # model_construct: every field is built here (no user input), and validation would cost ~30 µs an event
+        event_type = f"fhir.{a.rtype}.upsert"
+        headers = EventHeaders.model_construct(
+            event_id=uuid.UUID(event_id), event_type=event_type, source_system=self.source, site=self.site,
+            occurred_at=a.occurred_at, content_hash=a.content_hash,
+        )  # fmt: skip
+        out = Outcome.model_construct(status="accepted", event_id=event_id, resource_type=a.rtype, resource_id=a.pid,
+                                      person=a.person, http_status=201, topic=self._fhir_topic, reason=None,
+                                      error_class=None, partition=None, offset=None)  # fmt: skip
+        event = Event.model_construct(key=a.person or a.pid, value=orjson.loads(a.value), headers=headers)
+        item = _Item(out, "fhir", event, raw, "validation", event_type, a.identifiers, f"{a.rtype}/{a.pid}")
+        item.sealed, item.ident_hashes = sealed, a.ident_hashes
+        return item
+
+    def _guarded(self, resource: Any, refs: RefIndex, full_url: Any, raw: bytes | None, digest: str, event_id: str,
+                 check: Any) -> _Item:  # fmt: skip
         """One resource -> item; a bug on an odd input dead-letters that input instead of failing the batch."""
+        raw = raw if raw is not None else _dump(resource)
         try:
-            return self._resource_item(resource, refs, full_url=full_url, raw=raw)
+            r = process_resource(resource, digest, full_url, refs, self._env, validated=check,
+                                 lookup=self.state.person_for_identifier,
+                                 patient_without_id=self._patient_without_id)  # fmt: skip
         except Rejection as rej:
-            return self._reject(rej, raw if raw is not None else _dump(resource), None, None)
+            return self._reject(rej, raw, None, None, event_id)
         except Exception as err:
             rej = Rejection("InternalError", f"unexpected {type(err).__name__} while processing this resource "
                             "(a careloop bug; the original is in the vault)", 500)  # fmt: skip
-            return self._reject(rej, raw if raw is not None else _dump(resource), None, None)
-
-    def _resource_item(self, resource: Any, refs: RefIndex, *, full_url: Any = None, raw: bytes | None = None) -> _Item:
-        digest = self._digests.get(id(resource)) or _digest(resource)
-        event_id = str(event_id_for(self.source, digest))
-        prior = self._prior(event_id)
-        if prior is not None:  # identical content already published: no validation, no de-identification
-            out = Outcome(status="duplicate", event_id=event_id, resource_type=prior[0], resource_id=prior[1],
-                          person=prior[2], http_status=200)  # fmt: skip
-            return _Item(out, "fhir", None, None, "validation", "duplicate")
-        raw = raw if raw is not None else _dump(resource)
-        try:
-            rtype = resource_type_of(resource)
-            if rtype == "Bundle":
-                raise Rejection("NestedBundle", "a Bundle is not ingested as one resource: its entries are (POST it "
-                                "to /fhir, or submit the inner Bundle itself)")  # fmt: skip
-            if rtype in NOT_DATA:
-                raise Rejection("NotClinicalData", f"{rtype} resources are not clinical data and are not ingested")
-            self._validate(resource, rtype)
-        except Rejection as rej:
-            rt = resource.get("resourceType") if isinstance(resource, dict) else None
-            rt = rt if isinstance(rt, str) and is_resource_type(rt) else None
-            return self._reject(rej, raw, rt, None, event_id)
-        logical_id = resource.get("id") or (_urn_id(full_url) if isinstance(full_url, str) else None)
-        known_person = None
-        if not logical_id and rtype == "Patient":
-            found = self._patient_without_id(resource)
-            if found is not None:
-                logical_id, known_person = found
-        if not logical_id:
-            if rtype == "Patient":
-                return self._reject(Rejection("MissingId", "a Patient needs an id, a urn:uuid fullUrl or an "
-                                              "identifier so its person pseudonym is stable"), raw, rtype, None,
-                                    event_id)  # fmt: skip
-            logical_id = "h" + digest[7:39]
-        pid = known_person or pseudo_id(self.pseudo, rtype, logical_id)
-        try:
-            person = known_person or self._person_of(resource, rtype, logical_id, refs)
-            shift = self.pseudo.date_shift_days(person) if person and self.options.shift_dates else None
-            ctx = DeidContext(self.pseudo, refs, self.options, shift)
-            deid = deidentify_resource(resource, logical_id, ctx)
-            deid["id"] = pid
-        except Rejection as rej:
-            return self._reject(rej, raw, rtype, pid, event_id)
-        except (DeidError, RecursionError) as err:
-            rej = Rejection("DeidentificationFailed", f"{rtype} could not be de-identified: {err}", 422, "deid")
-            return self._reject(rej, raw, rtype, pid, event_id)
-        value = orjson.dumps(deid)
-        if len(value) > self.settings.max_message_bytes:
-            rej = Rejection("TooLarge", f"de-identified {rtype} is {len(value)} bytes, more than max_message_bytes",
-                            413)  # fmt: skip
-            return self._reject(rej, raw, rtype, pid, event_id)
-        # model_construct: every field is built here (no user input), and validation would cost ~30 µs an event
-        headers = EventHeaders.model_construct(
-            event_id=uuid.UUID(event_id), event_type=f"fhir.{rtype}.upsert", source_system=self.source,
-            site=self.site, occurred_at=clinical_time(deid) or utcnow(), content_hash=content_hash(value),
-        )  # fmt: skip
-        identifiers = []
-        if rtype == "Patient":
-            for ident in resource.get("identifier") or []:
-                if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
-                    identifiers.append((self.pseudo.identifier(None, ident["value"]), person))
-        out = Outcome(status="accepted", event_id=event_id, resource_type=rtype, resource_id=pid, person=person,
-                      http_status=201, topic=self.settings.topic("fhir"))  # fmt: skip
-        event = Event.model_construct(key=person or pid, value=deid, headers=headers)
-        return _Item(out, "fhir", event, raw, "validation",
-                     headers.event_type, identifiers, f"{rtype}/{pid}")  # fmt: skip
-
-    def _person_of(self, resource: dict[str, Any], rtype: str, logical_id: str, refs: RefIndex) -> str | None:
-        if rtype == "Patient":
-            return self.pseudo.person(logical_id)
-        problem = None
-        for name in PATIENT_FIELDS:
-            ref = resource.get(name)
-            if isinstance(ref, list):  # e.g. Consent.patient is single, but be lenient
-                ref = ref[0] if ref else None
-            if not isinstance(ref, dict):
-                continue
-            text = ref.get("reference")
-            if not isinstance(text, str):
-                person = self._person_by_identifier(ref.get("identifier"), refs)
-                if person is not None:
-                    return person
-                problem = f"{rtype}.{name} has neither a literal reference nor an identifier of a known Patient"
-                continue
-            if text.startswith("#"):
-                problem = f"{rtype}.{name} points to a contained resource, not a Patient careloop can link"
-                continue
-            hit = refs.resolve(text)
-            if hit is None:
-                problem = f"{rtype}.{name} reference cannot be resolved (not a relative/absolute Type/id, nor a " \
-                          "fullUrl of this Bundle)"  # fmt: skip
-                continue
-            if hit[0] == "Patient":
-                return self.pseudo.person(hit[1])
-            problem = f"{rtype}.{name} references a {hit[0]}, not a Patient"
-        if rtype in REQUIRES_PATIENT:
-            raise Rejection("MissingPatient", problem or f"{rtype} has no subject/patient reference; careloop links "
-                            "every clinical resource to a Patient")  # fmt: skip
-        return None
-
-    def _validate(self, resource: dict[str, Any], rtype: str) -> None:
-        pending = self._prevalidated.get(id(resource))
-        if pending is None:
-            validate_resource(resource, rtype)
-            return
-        try:
-            result = pending[0].result()[pending[1]]
-        except Exception:  # a broken worker: validate here instead
-            validate_resource(resource, rtype)
-            return
-        if result is not None:
-            raise Rejection(*result)
-
-    def _prior(self, event_id: str) -> tuple[str | None, str | None, str | None] | None:
-        """What an already published (or in-flight) event with this id was; None if new."""
-        if not self.publish:
-            return None
-        hit = self._inflight.get(event_id)
-        if hit is None and self._prefetched is not None:
-            return self._prefetched.get(event_id)
-        return hit if hit is not None else self.state.seen([event_id]).get(event_id)
+            return self._reject(rej, raw, None, None, event_id)
+        if isinstance(r, Rejected):
+            rej = Rejection(r.error_class, r.reason, r.http_status, r.stage)
+            return self._reject(rej, raw, r.rtype, r.pid, event_id)
+        return self._accepted_item(event_id, r, raw)
 
     def _patient_without_id(self, resource: dict[str, Any]) -> tuple[str, str] | None:
         """A create without id: (stable keyed logical id, person) from its first identifier; a Patient already known
@@ -478,20 +509,26 @@ class Ingestor:
                 return logical_id, known
         return logical_id, self.pseudo.person(logical_id)
 
-    def _person_by_identifier(self, ident: Any, refs: RefIndex) -> str | None:
-        if not isinstance(ident, dict) or not isinstance(ident.get("value"), str) or not ident["value"].strip():
-            return None
-        h = self.pseudo.identifier(None, ident["value"])
-        return refs.persons.get(h) or self.state.person_for_identifier(h)
-
-    def _delete_from_url(self, url: Any) -> _Item:
+    def _delete_from_url(self, url: Any, refs: RefIndex | None = None) -> _Item:
+        """`Type/id`, or a conditional delete `Type?identifier=[system|]value` resolved like a conditional reference
+        (against this Bundle, then the identity indexes); one that matches nothing is a per-entry error."""
+        if isinstance(url, str) and "?" in url:
+            try:
+                hit = (refs or self._refs({}, {}, [])).resolve(url.strip("/"))
+            except Rejection as rej:
+                return self._reject(rej, _dump({"url": url}), None, None)
+            if hit is not None:
+                if hit[2] == PSEUDONYMOUS:
+                    return self._delete_item(hit[0], hit[1], pseudonymous=True)
+                return self._delete_item(hit[0], hit[1])
         parts = url.strip("/").split("/") if isinstance(url, str) else []
         if len(parts) != 2:
-            rej = Rejection("InvalidFHIR", "a DELETE entry needs request.url of the form Type/id", 400)
+            rej = Rejection("InvalidFHIR", "a DELETE entry needs request.url of the form Type/id or "
+                            "Type?identifier=[system|]value", 400)  # fmt: skip
             return self._reject(rej, _dump({"url": url}), None, None)
         return self._delete_item(parts[0], parts[1])
 
-    def _delete_item(self, resource_type: str, logical_id: str) -> _Item:
+    def _delete_item(self, resource_type: str, logical_id: str, *, pseudonymous: bool = False) -> _Item:
         raw = _dump({"method": "DELETE", "resourceType": resource_type, "id": logical_id})
         now = utcnow()
         digest = content_hash({"delete": f"{resource_type}/{logical_id}", "at": now.isoformat()})
@@ -503,7 +540,7 @@ class Ingestor:
         if not isinstance(logical_id, str) or not _ID.match(logical_id):
             rej = Rejection("InvalidFHIR", "a logical id must match [A-Za-z0-9-.]{1,64}", 400)
             return self._reject(rej, raw, resource_type, None, event_id)
-        pid = pseudo_id(self.pseudo, resource_type, logical_id)
+        pid = logical_id if pseudonymous else pseudo_id(self.pseudo, resource_type, logical_id)
         person = pid if resource_type == "Patient" else self.state.person_of_resource(f"{resource_type}/{pid}")
         last_updated = now.isoformat().replace("+00:00", "Z")
         if person and self.options.shift_dates:
@@ -576,13 +613,19 @@ class Ingestor:
                 i.outcome.status, i.outcome.http_status, i.event, i.outcome.topic = "duplicate", 200, None, None
             batch_ids.add(eid)
         for i in items:
-            if i.raw is not None and i.outcome.status != "duplicate":
+            if i.outcome.status == "duplicate":
+                continue
+            if i.sealed is not None:
+                i.vault_ref = self.vault.put_sealed(i.outcome.event_id, *i.sealed)
+            elif i.raw is not None:
                 i.vault_ref = self.vault.put(i.outcome.event_id, i.raw)
         self.vault.flush()  # durable before anything is published
         ok = [i for i in items if i.outcome.status == "accepted"]
         links = self.state.index_identifiers([p for i in ok for p in i.identifiers])
         self.state.remember_persons([(i.resource_key, i.outcome.person) for i in ok
                                      if i.resource_key and i.outcome.person])  # fmt: skip
+        self.state.index_resource_identifiers([(i.outcome.resource_type, h, i.outcome.resource_id)
+                                               for i in ok for h in i.ident_hashes])  # fmt: skip
         for earlier, person in links:
             why = {"why": "a DICOM PatientID arrived before the FHIR Patient with that identifier"}
             self.lineage.edge("person", earlier, "person", person, "same_person", why)
@@ -634,8 +677,6 @@ class Ingestor:
         pending, self._settled = self._settled, []
         if not pending:
             return
-        from kafka.errors import KafkaError
-
         if self.producer is not None:
             try:
                 self.producer.flush()
@@ -646,7 +687,9 @@ class Ingestor:
                     i.outcome.topic = meta.topic
                     if topic != "deadletter":
                         i.outcome.partition, i.outcome.offset = meta.partition, meta.offset
-            except KafkaError as err:
+            except BrokerError:
+                raise
+            except Exception as err:
                 raise BrokerError(f"publishing to Kafka failed: {type(err).__name__}: {err}") from err
             done = [i.outcome for i, topic, fut in pending if fut is not None and i.outcome.status == "accepted"]
             self.state.mark_seen([(o.event_id, o.resource_type, o.resource_id, o.person, o.topic or "",
@@ -674,42 +717,24 @@ class Ingestor:
             self._last_lineage_flush = time.monotonic()
 
 
-def _urn_id(full_url: str | None) -> str | None:
-    if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
-        rid = full_url[9:]
-        return rid if _ID.match(rid) else None
-    return None
+def _skipped_entry(e: Any, btype: str) -> bool:
+    r = e.get("resource") if isinstance(e, dict) else None
+    return btype == "history" and isinstance(r, dict) and r.get("resourceType") in ("Parameters", "SubscriptionStatus")
 
 
-PREVALIDATE = True
+@dataclass
+class _Prepared:
+    """A batch of resources between `_prepare` (hashed, seen-store checked, maybe sent to the workers) and
+    `_finish` (items built)."""
 
-
-class _Done:
-    """A finished validation result with the interface of a Future (for `_validate`)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: list[Any]) -> None:
-        self.value = value
-
-    def result(self) -> list[Any]:
-        return self.value
-
-
-def _validate_in_process(resources: list[dict[str, Any]]) -> dict[int, tuple[_Done, int]]:
-    """Validate a whole Bundle in one tight loop before de-identifying it: the validators stay hot in the CPU caches
-    (measured ~2x faster per resource than interleaving validation with de-identification and publishing)."""
-    results: list[Any] = []
-    for r in resources:
-        try:
-            validate_resource(r, resource_type_of(r))
-            results.append(None)
-        except Rejection as rej:
-            results.append((rej.error_class, rej.reason, rej.http_status))
-        except Exception:
-            results.append(("InvalidFHIR", "invalid resource", 422))
-    done = _Done(results)
-    return {id(r): (done, i) for i, r in enumerate(resources)}
+    specs: list[tuple[Any, Any, bytes | None]]
+    refs: RefIndex
+    digests: list[str]
+    eids: list[str]
+    prior: dict[str, tuple[str | None, str | None, str | None]]
+    futures: list[tuple[Any, int]] | None = None
+    fresh: list[int] = field(default_factory=list)
+    checks: dict[int, Any] = field(default_factory=dict)
 
 
 def _digest(obj: Any) -> str:

@@ -69,6 +69,18 @@ CLINICAL_TIME = (
 )  # fmt: skip
 
 
+PSEUDONYMOUS = "\x00pseudonymous"  # third element of a resolved reference whose id is already pseudonymous
+
+
+class NeedsMain(Exception):
+    """The resource needs the main process's state (identity index); raised only where it is not available."""
+
+
+def needs_main(ref: str) -> Any:
+    """The conditional resolver of a worker process: conditional references are resolved by the main process."""
+    raise NeedsMain
+
+
 class DeidError(ValueError):
     """The resource cannot be de-identified safely (reason is PHI-free)."""
 
@@ -84,15 +96,19 @@ class RefIndex:
     """Resolves references to (type, logical id, version) using a bundle's fullUrls as well as the reference text."""
 
     def __init__(self, full_urls: dict[str, tuple[str, str]] | None = None,
-                 persons: dict[str, str] | None = None) -> None:  # fmt: skip
+                 persons: dict[str, str] | None = None, conditional: Any = None) -> None:  # fmt: skip
         self.full_urls = full_urls or {}
         self.persons = persons or {}  # identifier hash -> person, for Patients of the same Bundle
+        self.conditional = conditional  # Type?identifier=... -> (type, id, marker); None: left unresolved
 
     def resolve(self, ref: str) -> tuple[str, str, str | None] | None:
         hit = self.full_urls.get(ref)
         if hit is not None:
             return hit[0], hit[1], None
-        if ref.startswith(("#", "urn:")) or "?" in ref:
+        if "?" in ref and not ref.startswith(("#", "urn:")):
+            # raises Rejection when it matches nothing (NeedsMain in a worker process)
+            return self.conditional(ref) if self.conditional is not None else None
+        if ref.startswith(("#", "urn:")):
             return None
         m = _TYPE_ID.search(ref)
         if m is None or not is_resource_type(m.group(1)):
@@ -206,6 +222,8 @@ def _reference(obj: dict[str, Any], ctx: DeidContext) -> dict[str, Any] | None:
             hit = ctx.refs.resolve(ref)
             if hit is None:
                 ctx.unresolved += 1
+            elif hit[2] == PSEUDONYMOUS:
+                out["reference"] = f"{hit[0]}/{hit[1]}"
             else:
                 out["reference"] = ctx.pseudo_ref(hit[0], hit[1])
     if isinstance(obj.get("type"), str):

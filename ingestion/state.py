@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS seen (
     topic TEXT, partition INTEGER, "offset" INTEGER, at TEXT);
 CREATE TABLE IF NOT EXISTS identity (id_hash TEXT PRIMARY KEY, person TEXT NOT NULL, at TEXT);
 CREATE TABLE IF NOT EXISTS resource_person (resource_key TEXT PRIMARY KEY, person TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resource_identifier (
+    resource_type TEXT, id_hash TEXT, resource_id TEXT NOT NULL, PRIMARY KEY (resource_type, id_hash));
 CREATE TABLE IF NOT EXISTS fallback_person (id_hash TEXT PRIMARY KEY, person TEXT NOT NULL, at TEXT);
 """
 
@@ -113,6 +115,24 @@ class IngestState:
         with self._lock:
             row = self._con.execute(
                 "SELECT person FROM resource_person WHERE resource_key=?", (resource_key,)
+            ).fetchone()
+        return row[0] if row else None
+
+    # -- resource identifiers (conditional references to non-Patient resources) --------------------------------
+    def index_resource_identifiers(self, rows: list[tuple[str | None, str, str | None]]) -> None:
+        """rows: (resource_type, keyed identifier hash, pseudonymous resource id)."""
+        if not rows:
+            return
+        with self._lock:
+            self._con.execute("BEGIN")
+            self._con.executemany("INSERT OR REPLACE INTO resource_identifier VALUES (?,?,?)", rows)
+            self._con.execute("COMMIT")
+
+    def resource_for_identifier(self, resource_type: str, id_hash: str) -> str | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT resource_id FROM resource_identifier WHERE resource_type=? AND id_hash=?",
+                (resource_type, id_hash),
             ).fetchone()
         return row[0] if row else None
 

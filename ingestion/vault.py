@@ -54,6 +54,12 @@ class RawVault:
             self._pending.append((event_id, nonce, ct, utcnow().isoformat()))
         return vault_ref(event_id)
 
+    def put_sealed(self, event_id: str, nonce: bytes, ciphertext: bytes) -> str:
+        """A payload already encrypted (by an ingestion worker, same key, event id as associated data)."""
+        with self._lock:
+            self._pending.append((event_id, nonce, ciphertext, utcnow().isoformat()))
+        return vault_ref(event_id)
+
     def flush(self) -> None:
         with self._lock:
             rows, self._pending = self._pending, []

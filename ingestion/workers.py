@@ -1,0 +1,143 @@
+"""Worker processes for large inputs: a chunk of a Bundle/NDJSON goes in as bytes, compact results come back.
+
+Validation and de-identification are ~80% of the ingestion CPU and need no shared state, so they run in persistent
+processes (started once per Ingestor, on first large input): parse + R4B validation + de-identification + content
+hash + vault encryption of the original. The main process keeps what needs shared state: the seen-store, the identity
+index, Kafka and lineage. A resource that needs the identity index (a Patient without id, a subject given only by
+identifier, a conditional reference) comes back as `MAIN` and the main process handles it in-process, so results are
+identical to the in-process path.
+
+The pool uses the `forkserver` context: workers are forked from a clean server process that has already imported
+the common R4B model classes (no fork of a process that runs Kafka or DuckDB threads; no per-worker import cost).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import orjson
+
+from ingestion.fhir_deid import FhirDeidOptions, RefIndex, needs_main
+from ingestion.fhir_item import Accepted, Env, NeedsMain, Rejected, process_resource, validate_all
+
+# The resource types of Synthea and most EHR feeds: imported once in the fork server, so every worker has them.
+COMMON_TYPES = (
+    "Patient", "Encounter", "Observation", "Condition", "Procedure", "MedicationRequest", "Immunization",
+    "DiagnosticReport", "Claim", "ExplanationOfBenefit", "CarePlan", "CareTeam", "Organization", "Practitioner",
+    "PractitionerRole", "Location", "AllergyIntolerance", "Device", "ImagingStudy", "DocumentReference", "Provenance",
+    "Medication", "MedicationAdministration", "SupplyDelivery", "Goal",
+)  # fmt: skip
+MAIN = ("main",)
+Result = tuple[Any, ...]
+_env: Env | None = None
+_aead: Any = None
+
+
+def preload() -> None:
+    """Import the common model classes (run in the fork server, inherited by every worker)."""
+    from ingestion.fhir_schema import fields_of, model_class
+
+    for name in COMMON_TYPES:
+        model_class(name)
+        fields_of(name)
+
+
+def _init(pseudo_key: bytes, max_shift_days: int, vault_key: bytes, options: tuple[bool, bool, bool],
+          max_message_bytes: int) -> None:  # fmt: skip
+    global _env, _aead
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from ingestion.core import CachingPseudonymizer
+    from ingestion.vault import _derive
+
+    pseudo = CachingPseudonymizer(pseudo_key, max_shift_days=max_shift_days)
+    _env = Env(pseudo, FhirDeidOptions(*options), max_message_bytes)
+    _aead = AESGCM(_derive(vault_key))
+
+
+def process_chunk(payload: bytes) -> list[Result]:
+    """payload: JSON {"urls": {fullUrl: [type, id]}, "persons": {hash: person}, "items": [[event_id, digest,
+    fullUrl, resource], ...]} -> per item ("ok", ...), ("rej", ...) or MAIN."""
+    assert _env is not None
+    doc = orjson.loads(payload)
+    refs = RefIndex({k: (v[0], v[1]) for k, v in doc["urls"].items()}, doc["persons"], conditional=needs_main)
+    items = doc["items"]
+    checks = validate_all([it[3] for it in items])
+    out: list[Result] = []
+    for (event_id, digest, full_url, resource), check in zip(items, checks, strict=True):
+        try:
+            r = process_resource(resource, digest, full_url, refs, _env, validated=check)
+        except NeedsMain:
+            out.append(MAIN)
+            continue
+        except Exception:  # an unexpected bug: let the main process run (and report) it
+            out.append(MAIN)
+            continue
+        nonce = os.urandom(12)
+        sealed = (nonce, _aead.encrypt(nonce, orjson.dumps(resource), event_id.encode()))
+        if isinstance(r, Accepted):
+            out.append(
+                (
+                    "ok",
+                    r.rtype,
+                    r.pid,
+                    r.person,
+                    r.value,
+                    r.occurred_at,
+                    r.content_hash,
+                    r.identifiers,
+                    sealed,
+                    r.ident_hashes,
+                )
+            )
+        else:
+            assert isinstance(r, Rejected)
+            out.append(("rej", r.error_class, r.reason, r.http_status, r.stage, r.rtype, r.pid, sealed))
+    return out
+
+
+class WorkerPool:
+    """`submit(urls, persons, items)` -> futures of result lists, one per chunk; `close()` stops the workers."""
+
+    def __init__(self, workers: int, *, pseudo_key: bytes, max_shift_days: int, vault_key: bytes,
+                 options: FhirDeidOptions, max_message_bytes: int) -> None:  # fmt: skip
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["ingestion.workers_preload"])
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init,
+            initargs=(pseudo_key, max_shift_days, vault_key,
+                      (options.shift_dates, options.keep_zip3, options.keep_state), max_message_bytes),
+        )  # fmt: skip
+
+    def submit(self, urls: dict[str, tuple[str, str]], persons: dict[str, str],
+               items: list[tuple[str, str, Any, Any]]) -> list[tuple[Future[list[Result]], int]]:  # fmt: skip
+        """Split `items` in one chunk per worker; (future, size) per chunk. Raises TypeError/JSONEncodeError when a
+        resource cannot be serialized (the caller then processes in-process)."""
+        n = len(items)
+        size = -(-n // self.workers)
+        out = []
+        for start in range(0, n, size):
+            chunk = items[start : start + size]
+            payload = orjson.dumps({"urls": urls, "persons": persons, "items": chunk})
+            out.append((self._pool.submit(process_chunk, payload), len(chunk)))
+        return out
+
+    def warm_up(self) -> None:
+        """Start every worker now (else the first large input pays for it)."""
+        futs = [self._pool.submit(os.getpid) for _ in range(self.workers * 2)]
+        for f in futs:
+            f.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers(configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
