@@ -10,7 +10,7 @@ Reading `AT (VERSION => snapshot)` makes every result reproducible from the reco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from feature_store.concepts import (
@@ -100,12 +100,30 @@ def _set_rows(sets: tuple) -> tuple[str, str]:
     return _values(ids, "concept_id, key"), _values(pats, "pattern, key", "p")
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | None) -> None:
+HISTORY_SLACK = timedelta(days=366)  # > every window (365 days): rows older than grid - this never count
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | None, lo: datetime | None = None) -> None:
+    """Temp tables of the (touched) persons' normalized OMOP rows. With `lo` (naive UTC), windowed sources keep
+    only rows that can still count at an as-of time >= lo + HISTORY_SLACK (every window is <= 365 days), so
+    the work follows the persons' recent history, not their whole history; condition flags ("ever") keep all."""
     at = f"AT (VERSION => {snap})"
     pf = "" if persons is None else "WHERE person_id IN (SELECT person_id FROM _fs_persons)"
     if persons is not None:
-        con.execute("CREATE OR REPLACE TEMP TABLE _fs_persons(person_id BIGINT)")
-        con.executemany("INSERT INTO _fs_persons VALUES (?)", [(int(p),) for p in persons])
+        import pyarrow as pa
+
+        con.register("_fs_persons_in", pa.table({"person_id": pa.array(sorted(persons), pa.int64())}))
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _fs_persons AS SELECT DISTINCT person_id FROM _fs_persons_in")
+        finally:
+            con.unregister("_fs_persons_in")
+    low = "" if lo is None else f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'"
+
+    def after(*exprs: str) -> str:  # the row can still be in a window at/after the bound
+        if not low:
+            return ""
+        return f" AND greatest({', '.join(exprs)}) > {low}" if len(exprs) > 1 else f" AND {exprs[0]} > {low}"
+
     ancestors = con.execute(f"SELECT count(*) FROM omop.concept_ancestor {at}").fetchall()[0][0] > 0
     cond_ids, _ = _set_rows(CONDITIONS)
     drug_ids, drug_pats = _set_rows(MEDICATION_CLASSES)
@@ -149,14 +167,15 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
              AND (m.unit_concept_id = r.unit_concept_id
                   OR (coalesce(m.unit_concept_id, 0) = 0 AND m.unit_source_value = r.unit_source))
         WHERE m.value_as_number IS NOT NULL
-          AND m.value_as_number * r.factor + r.off BETWEEN r.lo AND r.hi;
+          AND m.value_as_number * r.factor + r.off BETWEEN r.lo AND r.hi
+          {after("coalesce(m.measurement_datetime, CAST(m.measurement_date AS TIMESTAMP))")};
 
         CREATE OR REPLACE TEMP TABLE _fs_v AS
         SELECT visit_occurrence_id AS row_id, person_id, visit_concept_id,
                coalesce(visit_start_datetime, CAST(visit_start_date AS TIMESTAMP)) AS ts,
                coalesce(visit_end_datetime, CAST(visit_end_date AS TIMESTAMP),
                         visit_start_datetime, CAST(visit_start_date AS TIMESTAMP)) AS end_ts
-        FROM omop.visit_occurrence {at} {pf};
+        FROM omop.visit_occurrence {at} {pf or "WHERE true"} {after("ts", "end_ts")};
 
         CREATE OR REPLACE TEMP TABLE _fs_c AS
         SELECT c.condition_occurrence_id AS row_id, c.person_id, s.key,
@@ -171,7 +190,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                    coalesce(CAST(drug_exposure_end_date AS TIMESTAMP) + INTERVAL 1 DAY,
                             CAST(drug_exposure_start_date AS TIMESTAMP) + to_days(CAST(days_supply AS INTEGER)),
                             CAST(drug_exposure_start_date AS TIMESTAMP) + INTERVAL 1 DAY) AS end_ts
-            FROM omop.drug_exposure {at} {pf}
+            FROM omop.drug_exposure {at} {pf or "WHERE true"} {after("ts", "end_ts")}
         ), cls AS (
             {expand(drug_ids)}
             UNION
@@ -186,14 +205,15 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                coalesce(image_occurrence_datetime, CAST(image_occurrence_date AS TIMESTAMP)) AS ts,
                image_study_uid, coalesce(modality_source_value, CAST(modality_concept_id AS VARCHAR)) AS modality,
                manufacturer, manufacturer_model_name AS model
-        FROM omop.image_occurrence {at} {pf};
+        FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")};
 
         CREATE OR REPLACE TEMP TABLE _fs_pay AS
         SELECT pp.person_id, CAST(pp.payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
                CAST(pp.payer_plan_period_end_date AS TIMESTAMP) + INTERVAL 1 DAY AS end_ts,
                coalesce(pc.concept_name, pp.payer_source_value, CAST(pp.payer_concept_id AS VARCHAR)) AS payer
         FROM {src("payer_plan_period")} pp
-        LEFT JOIN {src("concept", False)} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0;
+        LEFT JOIN {src("concept", False)} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0
+        WHERE true {after("start_ts", "end_ts")};
     """)
 
 
@@ -386,20 +406,58 @@ def derive(
     since: datetime | None = None,
     include_latest: bool = False,
     with_edges: bool = True,
+    bound_history: bool = True,
 ) -> Derived:
     """Feature rows for `persons` (all when None) at each of their event times in [start, end] (and >= since),
-    computed from the lake as it was at `snapshot_id` (the current snapshot when None)."""
-    snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
-    _prepare(con, snap, persons)
-    _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
-    rows = con.execute(_features_sql()).to_arrow_table()
-    edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
-    for t in ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons"):
-        con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
-    if edges is None:
-        import pyarrow as pa
+    computed from the lake as it was at `snapshot_id` (the current snapshot when None).
 
-        edges = pa.table({"src_kind": [], "src_id": [], "dst_kind": [], "dst_id": []})
+    With a lower time bound (`start`/`since`), only the history that can still count at or after it is read
+    (every window is <= 365 days; condition flags read all history), so a stream batch costs what its persons'
+    recent history costs. A person whose only grid point lies before the bound (`include_latest` after a delete)
+    is recomputed from their whole history."""
+    snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
+    bounds = [_naive_utc(v) for v in (start, since) if v is not None]
+    first = max(bounds) if bounds else None
+    lo = first - HISTORY_SLACK if first is not None and bound_history else None
+    try:
+        _prepare(con, snap, persons, lo)
+        _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
+        redo: list[int] = []
+        if lo is not None and include_latest:
+            # persons without a grid point >= the bound: their latest point needs history older than `lo`
+            redo = [
+                int(r[0])
+                for r in con.execute(
+                    "SELECT person_id FROM _fs_person EXCEPT SELECT person_id FROM _fs_g WHERE ts >= ?", [first]
+                ).fetchall()
+            ]
+            if redo:
+                con.execute("DELETE FROM _fs_g WHERE person_id IN (SELECT unnest(?::BIGINT[]))", [redo])
+        rows = con.execute(_features_sql()).to_arrow_table()
+        edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
+    finally:
+        for t in ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons"):
+            con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
+    import pyarrow as pa
+
+    if edges is None:
+        edges = pa.table({k: pa.array([], pa.string()) for k in ("src_kind", "src_id", "dst_kind", "dst_id")})
+    if redo:
+        more = derive(
+            con,
+            snapshot_id=snap,
+            persons=redo,
+            start=start,
+            end=end,
+            since=since,
+            include_latest=True,
+            with_edges=with_edges,
+            bound_history=False,
+        )
+        rows = pa.concat_tables([rows, more.rows.cast(rows.schema)]).sort_by(
+            [("person_id", "ascending"), ("event_timestamp", "ascending")]
+        )
+        edges = pa.concat_tables([edges, more.edges.cast(edges.schema)])
     return Derived(snap, rows, edges)
 
 

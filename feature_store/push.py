@@ -208,10 +208,10 @@ def dead_letter(
     return True
 
 
-def _fast_clean(view: str, table: Any) -> pd.DataFrame | None:
+def _fast_clean(view: str, table: Any) -> pa.Table | None:
     """Rows that already carry the view's exact types (the derivation's output) pass a strict Arrow cast plus
-    null checks instead of the per-value pandas checks; anything else returns None and takes the slow path,
-    which names every refused row."""
+    null checks instead of the per-value pandas checks, and stay in Arrow; anything else returns None and takes
+    the slow path, which names every refused row."""
     import pyarrow as pa
 
     if not isinstance(table, pa.Table):
@@ -225,19 +225,28 @@ def _fast_clean(view: str, table: Any) -> pd.DataFrame | None:
         return None
     if cast.column(JOIN_KEY).null_count or cast.column(TS).null_count:
         return None
-    return cast.to_pandas()
+    return cast
 
 
 def _validate(
     settings: Settings, view: str, df: Any, con: duckdb.DuckDBPyConnection, known: set[int] | None, source: str
-) -> tuple[pd.DataFrame, list[dict[str, Any]], int]:
-    """(accepted rows, refused rows (already dead-lettered), input row count)."""
+) -> tuple[pd.DataFrame | pa.Table, list[dict[str, Any]], int]:
+    """(accepted rows (an Arrow table on the fast path), refused rows (already dead-lettered), input count)."""
     import pandas as pd
 
     if view not in VIEW_BY_NAME:
         raise FeatureStoreError(f"unknown feature view {view!r}; known: {', '.join(VIEW_BY_NAME)}")
     clean = _fast_clean(view, df)
     reasons: dict[int, str] = {}
+    if clean is not None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pids = clean.column(JOIN_KEY)
+        found = known if known is not None else _known_persons(con, pc.unique(pids).to_pylist())
+        if pc.all(pc.is_in(pids, value_set=pa.array(sorted(found), pa.int64()))).as_py() is not False:
+            return clean, [], clean.num_rows
+        clean = clean.to_pandas()  # some entity is unknown: the slow path names every refused row
     if clean is None:
         if not isinstance(df, pd.DataFrame):
             df = df.to_pandas()
@@ -296,7 +305,7 @@ def push_frames(
         push_rows_many(settings, accepted, part_name=part_name)
     for view, good in accepted.items():
         results[view].accepted = len(good)
-        results[view].online = good[JOIN_KEY].nunique()
+        results[view].online = len(set(good[JOIN_KEY].to_pylist() if hasattr(good, "num_rows") else good[JOIN_KEY]))
     refused = [r for res in results.values() for r in res.rejected]
     if refused and strict:
         first = "; ".join(sorted({r["reason"] for r in refused})[:3])
@@ -330,10 +339,13 @@ def to_push_frame(view: str, df: pd.DataFrame) -> pd.DataFrame:
     return to_push_table(view, df).to_pandas()
 
 
-def to_push_table(view: str, df: pd.DataFrame, created: datetime | None = None) -> pa.Table:
+def to_push_table(view: str, df: pd.DataFrame | pa.Table, created: datetime | None = None) -> pa.Table:
     import pyarrow as pa
 
     schema = view_schema(VIEW_BY_NAME[view])
+    if isinstance(df, pa.Table):
+        stamp = pa.array([created or utcnow()] * df.num_rows, schema.field(CREATED).type)
+        return df.append_column(CREATED, stamp).select(schema.names).cast(schema)
     df = df.copy()
     df[CREATED] = created or utcnow()
     return pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
@@ -354,17 +366,19 @@ def push_rows_many(settings: Settings, frames: Mapping[str, pd.DataFrame], *, pa
 
 
 def write_online(settings: Settings, tables: Mapping[str, pa.Table]) -> None:
-    """Each person's latest row per view into the online store, through the Feast provider with cached feature
-    view objects (Feast's `push`/`write_to_online_store` re-read every view from the registry on each call)."""
+    """Each person's latest row per view into the online store as one prepared batch (`online.py`), with cached
+    feature view objects (Feast's `push`/`write_to_online_store` re-read every view from the registry on each
+    call)."""
+    from feature_store.online import latest_per_person, prepare_rows, write_rows
+
     store = open_store(settings)
     views = feature_views(store)
-    for view, table in tables.items():
-        frame = table.to_pandas()
-        latest = frame.sort_values([JOIN_KEY, TS, CREATED]).drop_duplicates(JOIN_KEY, keep="last")
-        try:
-            store.provider.ingest_df(views[view], latest)
-        except Exception as err:
-            raise FeatureStoreError(f"feast online write to {view!r} failed: {type(err).__name__}: {err}") from err
+    rows = {view: prepare_rows(view, latest_per_person(table)) for view, table in tables.items()}
+    try:
+        write_rows(store, views, rows)
+    except Exception as err:
+        names = ", ".join(repr(v) for v in tables)
+        raise FeatureStoreError(f"feast online write to {names} failed: {type(err).__name__}: {err}") from err
 
 
 def append_offline(settings: Settings, tables: Mapping[str, pa.Table], *, part_name: str | None = None) -> None:
