@@ -22,7 +22,7 @@ import orjson
 from pydantic import BaseModel
 
 from careloop.errors import BrokerError
-from careloop.events import DeadLetter, Event, EventHeaders, content_hash, event_id_for, utcnow
+from careloop.events import SCHEMA_VERSION, DeadLetter, Event, EventHeaders, content_hash, event_id_for, utcnow
 from careloop.settings import Settings
 from ingestion.fhir_deid import PSEUDONYMOUS, FhirDeidOptions, RefIndex, pseudo_id, shift_date_text
 from ingestion.fhir_item import Accepted, Env, Rejected, process_resource, urn_id, validate_all
@@ -77,8 +77,10 @@ class _Item:
     resource_key: str | None = None
     vault_ref: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # STOW details (SOP class, failure reason)
-    sealed: tuple[bytes, bytes] | None = None  # (nonce, ciphertext) of the original, encrypted by a worker
+    sealed: str | None = None  # vault reference of an original a worker already wrote to the vault
     ident_hashes: list[str] = field(default_factory=list)  # for conditional references to non-Patient resources
+    wire: tuple[str | None, bytes, list[tuple[str, bytes]]] | None = None  # (key, value, headers) ready for Kafka
+    content_hash: str | None = None
 
 
 class Ingestor:
@@ -119,6 +121,7 @@ class Ingestor:
         self._workers = default_workers(settings.ingest_workers if workers is None else workers)
         self._env = Env(self.pseudo, self.options, settings.max_message_bytes)
         self._fhir_topic = settings.topic("fhir")
+        self._send_raw = getattr(self.producer, "send_raw", None)
         self._dead: list[DeadLetter] = []
         self._last_lineage_flush = time.monotonic()
         self._dicom: Any = None
@@ -385,8 +388,8 @@ class Ingestor:
         prep = _Prepared(specs, refs, digests, eids, prior)
         pool = self._worker_pool(len(fresh))
         if pool is not None:
-            work = [(eids[i], digests[i], specs[i][1] if isinstance(specs[i][1], str) else None, specs[i][0])
-                    for i in fresh]  # fmt: skip
+            work = [(eids[i], digests[i], specs[i][1] if isinstance(specs[i][1], str) else None, specs[i][0],
+                     _text(specs[i][2])) for i in fresh]  # fmt: skip
             try:
                 prep.futures = pool.submit(refs.full_urls, refs.persons, work)
                 prep.fresh = fresh
@@ -419,10 +422,7 @@ class Ingestor:
                               http_status=200)  # fmt: skip
                 items.append(_Item(out, "fhir", None, None, "validation", "duplicate"))
             elif hit is not None:
-                item = self._from_worker(hit, eid)
-                if raw is not None:  # the original bytes as received go to the vault (not the parsed form)
-                    item.raw, item.sealed = raw, None
-                items.append(item)
+                items.append(self._from_worker(hit, eid))
             else:
                 items.append(self._guarded(resource, prep.refs, full_url, raw, prep.digests[i], eid,
                                            prep.checks.get(i, False)))  # fmt: skip
@@ -437,7 +437,8 @@ class Ingestor:
 
             self._pool = WorkerPool(self._workers, pseudo_key=self.pseudo._key,
                                     max_shift_days=self.pseudo.max_shift_days,
-                                    vault_key=load_key(self.settings, "vault"), options=self.options,
+                                    vault_key=load_key(self.settings, "vault"), vault_path=str(self.vault.path),
+                                    options=self.options,
                                     max_message_bytes=self.settings.max_message_bytes)  # fmt: skip
         return self._pool
 
@@ -451,9 +452,10 @@ class Ingestor:
     def _from_worker(self, r: tuple[Any, ...], event_id: str) -> _Item:
         if r[0] == "rej":
             _, error_class, reason, http_status, stage, rtype, pid, sealed = r
-            out = Outcome.model_construct(status="rejected", event_id=event_id, resource_type=rtype, resource_id=pid,
-                                          person=None, reason=reason, error_class=error_class,
-                                          http_status=http_status, topic=None, partition=None, offset=None)  # fmt: skip
+            out = _construct(Outcome, {"status": "rejected", "event_id": event_id, "resource_type": rtype,
+                                       "resource_id": pid, "person": None, "reason": reason,
+                                       "error_class": error_class, "http_status": http_status, "topic": None,
+                                       "partition": None, "offset": None})  # fmt: skip
             item = _Item(out, "deadletter", None, None, stage, f"{rtype}.rejected" if rtype else "rejected")
             item.sealed = sealed
             return item
@@ -462,18 +464,28 @@ class Ingestor:
         return self._accepted_item(event_id, accepted, None, sealed)
 
     def _accepted_item(self, event_id: str, a: Accepted, raw: bytes | None, sealed: Any = None) -> _Item:
-        # model_construct: every field is built here (no user input), and validation would cost ~30 µs an event
         event_type = f"fhir.{a.rtype}.upsert"
-        headers = EventHeaders.model_construct(
-            event_id=uuid.UUID(event_id), event_type=event_type, source_system=self.source, site=self.site,
-            occurred_at=a.occurred_at, content_hash=a.content_hash,
-        )  # fmt: skip
-        out = Outcome.model_construct(status="accepted", event_id=event_id, resource_type=a.rtype, resource_id=a.pid,
-                                      person=a.person, http_status=201, topic=self._fhir_topic, reason=None,
-                                      error_class=None, partition=None, offset=None)  # fmt: skip
-        event = Event.model_construct(key=a.person or a.pid, value=orjson.loads(a.value), headers=headers)
-        item = _Item(out, "fhir", event, raw, "validation", event_type, a.identifiers, f"{a.rtype}/{a.pid}")
-        item.sealed, item.ident_hashes = sealed, a.ident_hashes
+        out = _construct(Outcome, {"status": "accepted", "event_id": event_id, "resource_type": a.rtype,
+                                   "resource_id": a.pid, "person": a.person, "reason": None, "error_class": None,
+                                   "http_status": 201, "topic": self._fhir_topic, "partition": None,
+                                   "offset": None})  # fmt: skip
+        item = _Item(out, "fhir", None, raw, "validation", event_type, a.identifiers, f"{a.rtype}/{a.pid}")
+        item.sealed, item.ident_hashes, item.content_hash = sealed, a.ident_hashes, a.content_hash
+        ingested_at, trace_id = utcnow(), uuid.uuid4().hex
+        if self._send_raw is not None:  # straight to the wire: no pydantic models on the hot path
+            headers = [("event_id", event_id.encode()), ("event_type", event_type.encode()),
+                       ("schema_version", SCHEMA_VERSION.encode()), ("source_system", self.source.encode()),
+                       ("site", self.site.encode()), ("occurred_at", a.occurred_at.isoformat().encode()),
+                       ("ingested_at", ingested_at.isoformat().encode()), ("trace_id", trace_id.encode()),
+                       ("content_hash", a.content_hash.encode())]  # fmt: skip
+            item.wire = (a.person or a.pid, a.value, headers)
+            return item
+        headers = _construct(EventHeaders, {
+            "event_id": uuid.UUID(event_id), "event_type": event_type, "schema_version": SCHEMA_VERSION,
+            "source_system": self.source, "site": self.site, "occurred_at": a.occurred_at, "ingested_at": ingested_at,
+            "trace_id": trace_id, "content_hash": a.content_hash,
+        })  # fmt: skip
+        item.event = _construct(Event, {"key": a.person or a.pid, "value": orjson.loads(a.value), "headers": headers})
         return item
 
     def _guarded(self, resource: Any, refs: RefIndex, full_url: Any, raw: bytes | None, digest: str, event_id: str,
@@ -611,12 +623,13 @@ class Ingestor:
             eid = i.outcome.event_id
             if eid in batch_ids or eid in self._inflight:
                 i.outcome.status, i.outcome.http_status, i.event, i.outcome.topic = "duplicate", 200, None, None
+                i.wire = None
             batch_ids.add(eid)
         for i in items:
             if i.outcome.status == "duplicate":
                 continue
             if i.sealed is not None:
-                i.vault_ref = self.vault.put_sealed(i.outcome.event_id, *i.sealed)
+                i.vault_ref = i.sealed  # written (durably) by the worker
             elif i.raw is not None:
                 i.vault_ref = self.vault.put(i.outcome.event_id, i.raw)
         self.vault.flush()  # durable before anything is published
@@ -649,6 +662,15 @@ class Ingestor:
     def _send(self, items: list[_Item]) -> None:
         """Hand the batch to the producer; with `ack_each_call` wait for the broker's acks now, else later."""
         for i in items:
+            if i.outcome.status == "accepted" and i.wire is not None and self._send_raw is not None:
+                o = i.outcome
+                self._inflight[o.event_id] = (o.resource_type, o.resource_id, o.person)
+                try:
+                    future = self._send_raw(self._fhir_topic, *i.wire)
+                except Exception as err:
+                    raise BrokerError(f"publishing to Kafka failed: {type(err).__name__}: {err}") from err
+                self._settled.append((i, i.topic, future))
+                continue
             if i.outcome.status == "accepted" and i.event is not None:
                 topic, event = i.topic, i.event
             elif i.outcome.status == "rejected":
@@ -699,22 +721,44 @@ class Ingestor:
         self._record_lineage([i for i, _, _ in pending])
 
     def _record_lineage(self, items: list[_Item]) -> None:
-        from lineage import IngestRecord
-
+        rows, edges = [], []
         for i in items:
             o = i.outcome
-            h = i.event.headers.content_hash if i.event is not None else None
-            self.lineage.ingest_event(IngestRecord(
-                event_id=o.event_id, status=o.status, stage=i.stage, event_type=i.event_type,
-                source_system=self.source, site=self.site, resource_type=o.resource_type, resource_id=o.resource_id,
-                content_hash=h, topic=o.topic, partition=o.partition, offset=o.offset, vault_ref=i.vault_ref,
-                reason=o.reason,
-            ))  # fmt: skip
+            h = i.content_hash or (i.event.headers.content_hash if i.event is not None else None)
+            rows.append({
+                "event_id": o.event_id, "status": o.status, "stage": i.stage, "event_type": i.event_type,
+                "source_system": self.source, "site": self.site, "resource_type": o.resource_type,
+                "resource_id": o.resource_id, "content_hash": h, "topic": o.topic, "partition": o.partition,
+                "offset": o.offset, "vault_ref": i.vault_ref, "reason": o.reason,
+            })  # fmt: skip
             if o.status == "accepted" and o.offset is not None:
-                self.lineage.edge("event", o.event_id, "kafka", f"{o.topic}/{o.partition}/{o.offset}", "published_as")
+                edges.append(("event", o.event_id, "kafka", f"{o.topic}/{o.partition}/{o.offset}", "published_as"))
+        self.lineage.ingest_event_rows(rows)
+        self.lineage.edge_rows(edges)
         if time.monotonic() - self._last_lineage_flush > LINEAGE_FLUSH_S:
             self.lineage.flush()
             self._last_lineage_flush = time.monotonic()
+
+
+def _construct(cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """`cls.model_construct(**values)` without its per-field default lookups (~20 µs a model): every field is given
+    and built here from trusted values."""
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", set(values))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
+
+
+def _text(raw: bytes | None) -> str | None:
+    """The original bytes of an NDJSON line for a worker's vault write (JSON must be UTF-8: RFC 8259)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _skipped_entry(e: Any, btype: str) -> bool:

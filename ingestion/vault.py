@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from pathlib import Path
 
 from careloop.errors import CareloopError
 from careloop.events import utcnow
@@ -26,17 +27,23 @@ def vault_ref(event_id: str) -> str:
 class RawVault:
     """`put` buffers, `flush` makes the batch durable (call it before publishing), `get` decrypts with the key."""
 
-    def __init__(self, settings: Settings, key: bytes | None = None) -> None:
+    def __init__(self, settings: Settings | None, key: bytes | None = None, *, path: Path | None = None) -> None:
+        """From `settings` (home/vault/vault.sqlite, the deployment's vault key), or an explicit `path` and `key`
+        (an ingestion worker process)."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if key is None:
             from careloop.secrets import load_key
 
+            assert settings is not None
             key = load_key(settings, "vault")
         self._aead = AESGCM(_derive(key))
-        folder = settings.path("vault")
-        folder.chmod(0o700)
-        self.path = folder / "vault.sqlite"
+        if path is None:
+            assert settings is not None
+            folder = settings.path("vault")
+            folder.chmod(0o700)
+            path = folder / "vault.sqlite"
+        self.path = path
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._con = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
@@ -52,12 +59,6 @@ class RawVault:
         ct = self._aead.encrypt(nonce, payload, event_id.encode())
         with self._lock:
             self._pending.append((event_id, nonce, ct, utcnow().isoformat()))
-        return vault_ref(event_id)
-
-    def put_sealed(self, event_id: str, nonce: bytes, ciphertext: bytes) -> str:
-        """A payload already encrypted (by an ingestion worker, same key, event id as associated data)."""
-        with self._lock:
-            self._pending.append((event_id, nonce, ciphertext, utcnow().isoformat()))
         return vault_ref(event_id)
 
     def flush(self) -> None:

@@ -13,7 +13,10 @@ the common R4B model classes (no fork of a process that runs Kafka or DuckDB thr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -32,7 +35,7 @@ COMMON_TYPES = (
 MAIN = ("main",)
 Result = tuple[Any, ...]
 _env: Env | None = None
-_aead: Any = None
+_vault: Any = None
 
 
 def preload() -> None:
@@ -44,29 +47,32 @@ def preload() -> None:
         fields_of(name)
 
 
-def _init(pseudo_key: bytes, max_shift_days: int, vault_key: bytes, options: tuple[bool, bool, bool],
+def _init(pseudo_key: bytes, max_shift_days: int, vault_key: bytes, vault_path: str, options: tuple[bool, bool, bool],
           max_message_bytes: int) -> None:  # fmt: skip
-    global _env, _aead
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    global _env, _vault
+    from pathlib import Path
 
     from ingestion.core import CachingPseudonymizer
-    from ingestion.vault import _derive
+    from ingestion.vault import RawVault
 
     pseudo = CachingPseudonymizer(pseudo_key, max_shift_days=max_shift_days)
     _env = Env(pseudo, FhirDeidOptions(*options), max_message_bytes)
-    _aead = AESGCM(_derive(vault_key))
+    _vault = RawVault(None, vault_key, path=Path(vault_path))
 
 
 def process_chunk(payload: bytes) -> list[Result]:
     """payload: JSON {"urls": {fullUrl: [type, id]}, "persons": {hash: person}, "items": [[event_id, digest,
-    fullUrl, resource], ...]} -> per item ("ok", ...), ("rej", ...) or MAIN."""
+    fullUrl, resource, original text or null], ...]} -> per item ("ok", ...), ("rej", ...) or MAIN.
+
+    The originals are written to the vault here (one durable commit per chunk, before the results go back), so the
+    main process publishes only what is already in the vault."""
     assert _env is not None
     doc = orjson.loads(payload)
     refs = RefIndex({k: (v[0], v[1]) for k, v in doc["urls"].items()}, doc["persons"], conditional=needs_main)
     items = doc["items"]
     checks = validate_all([it[3] for it in items])
     out: list[Result] = []
-    for (event_id, digest, full_url, resource), check in zip(items, checks, strict=True):
+    for (event_id, digest, full_url, resource, original), check in zip(items, checks, strict=True):
         try:
             r = process_resource(resource, digest, full_url, refs, _env, validated=check)
         except NeedsMain:
@@ -75,8 +81,7 @@ def process_chunk(payload: bytes) -> list[Result]:
         except Exception:  # an unexpected bug: let the main process run (and report) it
             out.append(MAIN)
             continue
-        nonce = os.urandom(12)
-        sealed = (nonce, _aead.encrypt(nonce, orjson.dumps(resource), event_id.encode()))
+        sealed = _vault.put(event_id, original.encode() if original is not None else orjson.dumps(resource))
         if isinstance(r, Accepted):
             out.append(
                 (
@@ -95,13 +100,14 @@ def process_chunk(payload: bytes) -> list[Result]:
         else:
             assert isinstance(r, Rejected)
             out.append(("rej", r.error_class, r.reason, r.http_status, r.stage, r.rtype, r.pid, sealed))
+    _vault.flush()
     return out
 
 
 class WorkerPool:
     """`submit(urls, persons, items)` -> futures of result lists, one per chunk; `close()` stops the workers."""
 
-    def __init__(self, workers: int, *, pseudo_key: bytes, max_shift_days: int, vault_key: bytes,
+    def __init__(self, workers: int, *, pseudo_key: bytes, max_shift_days: int, vault_key: bytes, vault_path: str,
                  options: FhirDeidOptions, max_message_bytes: int) -> None:  # fmt: skip
         import multiprocessing
 
@@ -110,12 +116,16 @@ class WorkerPool:
         self.workers = workers
         self._pool = ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init,
-            initargs=(pseudo_key, max_shift_days, vault_key,
+            initargs=(pseudo_key, max_shift_days, vault_key, vault_path,
                       (options.shift_dates, options.keep_zip3, options.keep_state), max_message_bytes),
         )  # fmt: skip
+        with _main_module_hidden():  # start every worker now, without re-running the caller's __main__ in it
+            futs = [self._pool.submit(os.getpid) for _ in range(workers)]
+            for f in futs:
+                f.result()
 
     def submit(self, urls: dict[str, tuple[str, str]], persons: dict[str, str],
-               items: list[tuple[str, str, Any, Any]]) -> list[tuple[Future[list[Result]], int]]:  # fmt: skip
+               items: list[tuple[str, str, Any, Any, str | None]]) -> list[tuple[Future[Any], int]]:  # fmt: skip
         """Split `items` in one chunk per worker; (future, size) per chunk. Raises TypeError/JSONEncodeError when a
         resource cannot be serialized (the caller then processes in-process)."""
         n = len(items)
@@ -128,13 +138,28 @@ class WorkerPool:
         return out
 
     def warm_up(self) -> None:
-        """Start every worker now (else the first large input pays for it)."""
-        futs = [self._pool.submit(os.getpid) for _ in range(self.workers * 2)]
-        for f in futs:
+        """Wait until every worker is up (they start with the pool)."""
+        for f in [self._pool.submit(os.getpid) for _ in range(self.workers)]:
             f.result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Workers need nothing from `__main__`; without this, multiprocessing re-imports the caller's script (or
+    notebook) in every worker, which runs an unguarded script's top level again."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None and "__spec__" in saved:
+        main.__spec__ = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 def default_workers(configured: int | None) -> int:

@@ -143,6 +143,38 @@ class LineageWriter:
     def ingest_event(self, record: IngestRecord) -> None:
         self._add("ingest_events", **record.model_dump(), run_id=self.run_id, recorded_at=utcnow())
 
+    def ingest_event_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Many ingest records at once, as dicts with exactly the `IngestRecord` fields (trusted internal callers:
+        the gateway records thousands a second, and a model per row costs more than the lake write)."""
+        if not rows:
+            return
+        now = utcnow()
+        for r in rows:
+            r["run_id"], r["recorded_at"] = self.run_id, now
+        self._extend("ingest_events", rows)
+
+    def edge_rows(self, edges: list[tuple[str, str, str, str, str]]) -> None:
+        """Many attribute-less edges (src_kind, src_id, dst_kind, dst_id, relation) at once."""
+        if not edges:
+            return
+        now = utcnow()
+        self._extend(
+            "edges",
+            [
+                {
+                    "run_id": self.run_id,
+                    "src_kind": a,
+                    "src_id": b,
+                    "dst_kind": c,
+                    "dst_id": d,
+                    "relation": rel,
+                    "recorded_at": now,
+                    "attrs": None,
+                }
+                for a, b, c, d, rel in edges
+            ],
+        )
+
     def dataset_version(
         self,
         dataset: str,
@@ -174,6 +206,13 @@ class LineageWriter:
     def _add(self, table: str, **row: Any) -> None:
         with self._lock:
             self._rows[table].append(row)
+            full = self.pending() >= self.max_buffer
+        if full:
+            self.flush()
+
+    def _extend(self, table: str, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows[table].extend(rows)
             full = self.pending() >= self.max_buffer
         if full:
             self.flush()
