@@ -140,7 +140,11 @@ def process_resource(resource: Any, digest: str, full_url: Any, refs: RefIndex, 
         return Rejected(rej.error_class, rej.reason, rej.http_status, rej.stage, rtype, pid)
     except (DeidError, RecursionError) as err:
         return Rejected("DeidentificationFailed", f"{rtype} could not be de-identified: {err}", 422, "deid", rtype, pid)
-    value = orjson.dumps(deid)
+    try:
+        value = orjson.dumps(deid)
+    except TypeError:  # orjson: integers beyond 64 bits (R4B accepts them as decimals)
+        return Rejected("UnsupportedNumber", f"{rtype} has a number beyond the 64-bit range", 422, "validation", rtype,
+                        pid)  # fmt: skip
     if len(value) > env.max_message_bytes:
         return Rejected("TooLarge", f"de-identified {rtype} is {len(value)} bytes, more than max_message_bytes", 413,
                         "validation", rtype, pid)  # fmt: skip
