@@ -185,13 +185,8 @@ def person_of(resource: dict[str, Any], rtype: str, logical_id: str, refs: RefIn
             continue
         hit = refs.resolve(text)
         if hit is None:
-            if "?" in text:
-                problem = (
-                    f"{rtype}.{name} conditional reference matches no Patient of this Bundle or the identity index"
-                )
-            else:
-                problem = f"{rtype}.{name} reference cannot be resolved (not a relative/absolute Type/id, nor a " \
-                          "fullUrl of this Bundle)"  # fmt: skip
+            problem = f"{rtype}.{name} reference cannot be resolved (not a relative/absolute Type/id, nor a " \
+                      "fullUrl of this Bundle)"  # fmt: skip
             continue
         if hit[0] == "Patient":
             return pseudo.person(hit[1]) if hit[2] != PSEUDONYMOUS else hit[1]
