@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from careloop.errors import BrokerError
 from careloop.settings import Settings, load_settings
 from ingestion.apikeys import ApiKeys
+from ingestion.bulk_import import ImportJobs
 from ingestion.core import BUNDLE_TYPES, Ingestor, Outcome
 from ingestion.fhir_schema import is_resource_type
 from ingestion.fhir_validate import Rejection, parse_json
@@ -127,6 +128,7 @@ class Gateway:
         self.keys = ApiKeys(settings)
         self._ingestors: dict[str, Ingestor] = {}
         self._lock = threading.Lock()
+        self.imports = ImportJobs(settings)
 
     def source_of(self, request: Request) -> str:
         auth = request.headers.get("authorization", "")
@@ -150,6 +152,7 @@ class Gateway:
             ing.flush()
 
     def close(self) -> None:
+        self.imports.close()  # cancel running $import jobs before their Ingestors close
         with self._lock:
             for ing in self._ingestors.values():
                 with contextlib.suppress(Exception):
@@ -250,6 +253,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         source = gw.source_of(request)
         _require_type(request, NDJSON_TYPES)
         ing = gw.ingestor(source)
+        if "respond-async" in request.headers.get("prefer", "").lower():
+            return await _import_async(request, source, ing)
         counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         issues: list[dict[str, Any]] = []
         batch: list[tuple[int, bytes]] = []
@@ -280,6 +285,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "issue": [{"severity": "information", "code": "informational", "diagnostics": summary}, *issues],
         }
         return fhir_response(oo, 200)
+
+    async def _import_async(request: Request, source: str, ing: Ingestor) -> Response:
+        """Bulk Data async pattern: spool the body to disk, ingest it in the background, 202 + Content-Location."""
+        fh, path = gw.imports.spool_file()
+        size = 0
+        try:
+            with fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    await run_in_threadpool(fh.write, chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        job = gw.imports.start(source, path, size, ing)
+        status_url = str(request.url_for("import_status", job_id=job.id))
+        return Response(status_code=202, headers={"Content-Location": status_url})
+
+    @app.get("/fhir/$import-status/{job_id}", name="import_status")
+    async def import_status(job_id: str, request: Request) -> Response:
+        job = gw.imports.get(gw.source_of(request), job_id)
+        if job is None:
+            raise HttpProblem(404, "no such $import job (finished jobs are kept until DELETE or a gateway restart)")
+        if job.status == "in-progress":
+            return Response(status_code=202, headers={"X-Progress": job.progress(), "Retry-After": "1"})
+        manifest = job.manifest(str(request.url))
+        return Response(orjson.dumps(manifest), status_code=200, media_type="application/json")
+
+    @app.delete("/fhir/$import-status/{job_id}")
+    async def import_cancel(job_id: str, request: Request) -> Response:
+        if not gw.imports.delete(gw.source_of(request), job_id):
+            raise HttpProblem(404, "no such $import job")
+        return Response(status_code=202)
 
     @app.post("/fhir/{rtype}")
     async def create(rtype: str, request: Request) -> Response:
