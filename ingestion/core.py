@@ -247,15 +247,26 @@ class Ingestor:
             out, self._dead = self._dead, []
             return out
 
-    def resolve_person(self, patient_id: str | None) -> str:
-        """DICOM PatientID -> person: a FHIR Patient with that identifier value, else person(PatientID)."""
+    def resolve_person(self, patient_id: str | None, issuer: str | None = None) -> str:
+        """DICOM PatientID -> person: a FHIR Patient with that identifier, else a keyed fallback person.
+
+        With an IssuerOfPatientID the identifier system must match too (the issuer as the system, or `urn:oid:` +
+        issuer); without one, any FHIR Patient identifier with that value matches (DICOM often carries no issuer)."""
         if patient_id is None or not patient_id.strip():
             return self.pseudo.person("careloop:unknown-patient")
-        id_hash = self.pseudo.identifier(None, patient_id)
-        person = self.state.person_for_identifier(id_hash)
-        if person is None:
-            person = self.pseudo.person(patient_id)
-            self.state.record_fallback(id_hash, person)
+        if issuer:
+            systems = [issuer] + ([f"urn:oid:{issuer}"] if re.fullmatch(r"[0-9.]+", issuer) else [])
+            hashes = [self.pseudo.identifier(s, patient_id) for s in systems]
+            fallback = f"{issuer}|{patient_id.strip()}"
+        else:
+            hashes, fallback = [self.pseudo.identifier(None, patient_id)], patient_id
+        for h in hashes:
+            person = self.state.person_for_identifier(h)
+            if person is not None:
+                return person
+        person = self.pseudo.person(fallback)
+        for h in hashes:
+            self.state.record_fallback(h, person)
         return person
 
     def flush(self) -> None:
@@ -442,12 +453,14 @@ class Ingestor:
                                     max_message_bytes=self.settings.max_message_bytes)  # fmt: skip
         return self._pool
 
-    def start_workers(self) -> None:
-        """Start the worker processes now instead of on the first large input (no-op with 0 workers)."""
+    def warm_up(self) -> None:
+        """Start the worker processes and open the lineage lake now, instead of on the first large input and the
+        first lineage flush (a long-running gateway or publish run pays these once)."""
         with self._lock:
             pool = self._worker_pool(MIN_POOL_INPUT)
             if pool is not None:
                 pool.warm_up()
+            self.lineage.flush()  # opens the lake connection and records the run start
 
     def _from_worker(self, r: tuple[Any, ...], event_id: str) -> _Item:
         if r[0] == "rej":

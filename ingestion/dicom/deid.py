@@ -67,7 +67,7 @@ class _Context:
 def deidentify_dicom(
     data: bytes,
     pseudonymizer: Pseudonymizer,
-    resolve_person: Callable[[str | None], str],
+    resolve_person: Callable[..., str],
     options: DicomDeidOptions,
 ) -> DicomDeidResult:
     """De-identify one DICOM Part 10 payload, or raise `DicomRejected` (never anything else for bad input)."""
@@ -86,7 +86,9 @@ def deidentify_dicom(
             sop_class_uid=sop_class,
         )
     original_id = str(ds.get("PatientID") or "").strip() or None
-    person = resolve_person(original_id)
+    issuer = str(ds.get("IssuerOfPatientID") or "").strip() or None
+    # with an issuer (0010,0021) the match respects the identifier system; without one it is by value only
+    person = resolve_person(original_id, issuer=issuer) if issuer and original_id else resolve_person(original_id)
     ctx = _Context(
         options=options,
         pseudonymizer=pseudonymizer,
