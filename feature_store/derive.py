@@ -72,6 +72,9 @@ def _case(expr: str, mapping: dict[int, str]) -> str:
     return "CASE " + expr + " " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in mapping.items()) + " END"
 
 
+_TEMP = ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons")
+
+
 def _measure_rules() -> str:
     rows = []
     for kind, measures in (("vital", VITALS), ("lab", LABS)):
@@ -124,23 +127,50 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
             return ""
         return f" AND greatest({', '.join(exprs)}) > {low}" if len(exprs) > 1 else f" AND {exprs[0]} > {low}"
 
-    ancestors = con.execute(f"SELECT count(*) FROM omop.concept_ancestor {at}").fetchall()[0][0] > 0
-    cond_ids, _ = _set_rows(CONDITIONS)
-    drug_ids, drug_pats = _set_rows(MEDICATION_CLASSES)
+    from feature_store import vocab
+
+    # concept sets expanded with their descendants, cached per vocabulary version (vocab.py)
+    vocab.ensure(
+        con,
+        snap,
+        {
+            "cond": [(c, s.key) for s in CONDITIONS for c in s.concepts],
+            "drug": [(c, s.key) for s in MEDICATION_CLASSES for c in s.concepts],
+        },
+    )
+    _, drug_pats = _set_rows(MEDICATION_CLASSES)
 
     def src(table: str, filtered: bool = True) -> str:
         return f"(SELECT * FROM omop.{table} {at} {pf if filtered else ''})"
 
-    def expand(ids_sql: str) -> str:  # concept set -> itself plus every descendant in CONCEPT_ANCESTOR
-        anc = (
-            (
-                f" UNION SELECT a.descendant_concept_id, t.key FROM {ids_sql} JOIN {src('concept_ancestor', False)} a "
-                f"ON a.ancestor_concept_id = t.concept_id"
-            )
-            if ancestors
-            else ""
-        )
-        return f"SELECT t.concept_id, t.key FROM {ids_sql}{anc}"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _fs_person0 AS
+        SELECT person_id, person_source_value, birth_datetime, year_of_birth, month_of_birth, day_of_birth,
+               gender_concept_id, race_concept_id, ethnicity_concept_id
+        FROM omop.person {at} {pf};
+
+        CREATE OR REPLACE TEMP TABLE _fs_d0 AS
+        SELECT drug_exposure_id AS row_id, person_id, drug_concept_id,
+               coalesce(drug_exposure_start_datetime, CAST(drug_exposure_start_date AS TIMESTAMP)) AS ts,
+               coalesce(CAST(drug_exposure_end_date AS TIMESTAMP) + INTERVAL 1 DAY,
+                        CAST(drug_exposure_start_date AS TIMESTAMP) + to_days(CAST(days_supply AS INTEGER)),
+                        CAST(drug_exposure_start_date AS TIMESTAMP) + INTERVAL 1 DAY) AS end_ts
+        FROM omop.drug_exposure {at} {pf or "WHERE true"} {after("ts", "end_ts")};
+
+        CREATE OR REPLACE TEMP TABLE _fs_pay0 AS
+        SELECT person_id, CAST(payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
+               CAST(payer_plan_period_end_date AS TIMESTAMP) + INTERVAL 1 DAY AS end_ts,
+               payer_concept_id, payer_source_value
+        FROM omop.payer_plan_period {at} {pf or "WHERE true"} {after("start_ts", "end_ts")};
+    """)
+    vocab.lookup_names(
+        con,
+        snap,
+        "SELECT race_concept_id FROM _fs_person0 UNION ALL SELECT ethnicity_concept_id FROM _fs_person0 "
+        "UNION ALL SELECT payer_concept_id FROM _fs_pay0 WHERE payer_concept_id <> 0 "
+        "UNION ALL SELECT drug_concept_id FROM _fs_d0",
+    )
+    names = vocab.NAME_TABLE
 
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _fs_person AS
@@ -154,9 +184,9 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                                   CAST(p.race_concept_id AS VARCHAR)) END AS race,
                CASE WHEN coalesce(p.ethnicity_concept_id, 0) = 0 THEN NULL
                     ELSE coalesce(ec.concept_name, CAST(p.ethnicity_concept_id AS VARCHAR)) END AS ethnicity
-        FROM {src("person")} p
-        LEFT JOIN {src("concept", False)} rc ON rc.concept_id = p.race_concept_id
-        LEFT JOIN {src("concept", False)} ec ON ec.concept_id = p.ethnicity_concept_id;
+        FROM _fs_person0 p
+        LEFT JOIN {names} rc ON rc.concept_id = p.race_concept_id
+        LEFT JOIN {names} ec ON ec.concept_id = p.ethnicity_concept_id;
 
         CREATE OR REPLACE TEMP TABLE _fs_m AS
         SELECT m.measurement_id AS row_id, m.person_id,
@@ -181,24 +211,18 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
         SELECT c.condition_occurrence_id AS row_id, c.person_id, s.key,
                coalesce(c.condition_start_datetime, CAST(c.condition_start_date AS TIMESTAMP)) AS ts
         FROM {src("condition_occurrence")} c
-        JOIN ({expand(cond_ids)}) s ON s.concept_id = c.condition_concept_id;
+        JOIN (SELECT concept_id, key FROM {vocab.SET_TABLE} WHERE kind = 'cond') s
+             ON s.concept_id = c.condition_concept_id;
 
         CREATE OR REPLACE TEMP TABLE _fs_d AS
-        WITH d AS (
-            SELECT drug_exposure_id AS row_id, person_id, drug_concept_id,
-                   coalesce(drug_exposure_start_datetime, CAST(drug_exposure_start_date AS TIMESTAMP)) AS ts,
-                   coalesce(CAST(drug_exposure_end_date AS TIMESTAMP) + INTERVAL 1 DAY,
-                            CAST(drug_exposure_start_date AS TIMESTAMP) + to_days(CAST(days_supply AS INTEGER)),
-                            CAST(drug_exposure_start_date AS TIMESTAMP) + INTERVAL 1 DAY) AS end_ts
-            FROM omop.drug_exposure {at} {pf or "WHERE true"} {after("ts", "end_ts")}
-        ), cls AS (
-            {expand(drug_ids)}
+        WITH cls AS (
+            SELECT concept_id, key FROM {vocab.SET_TABLE} WHERE kind = 'drug'
             UNION
-            SELECT c.concept_id, p.key FROM {src("concept", False)} c JOIN {drug_pats}
+            SELECT c.concept_id, p.key FROM {names} c JOIN {drug_pats}
                 ON lower(c.concept_name) LIKE '%' || p.pattern || '%'
-            WHERE c.domain_id = 'Drug' AND c.concept_id IN (SELECT drug_concept_id FROM d)
+            WHERE c.domain_id = 'Drug' AND c.concept_id IN (SELECT drug_concept_id FROM _fs_d0)
         )
-        SELECT d.*, cls.key FROM d LEFT JOIN cls ON cls.concept_id = d.drug_concept_id;
+        SELECT d.*, cls.key FROM _fs_d0 d LEFT JOIN cls ON cls.concept_id = d.drug_concept_id;
 
         CREATE OR REPLACE TEMP TABLE _fs_i AS
         SELECT image_occurrence_id AS row_id, person_id,
@@ -208,12 +232,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
         FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")};
 
         CREATE OR REPLACE TEMP TABLE _fs_pay AS
-        SELECT pp.person_id, CAST(pp.payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
-               CAST(pp.payer_plan_period_end_date AS TIMESTAMP) + INTERVAL 1 DAY AS end_ts,
+        SELECT pp.person_id, pp.start_ts, pp.end_ts,
                coalesce(pc.concept_name, pp.payer_source_value, CAST(pp.payer_concept_id AS VARCHAR)) AS payer
-        FROM {src("payer_plan_period")} pp
-        LEFT JOIN {src("concept", False)} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0
-        WHERE true {after("start_ts", "end_ts")};
+        FROM _fs_pay0 pp
+        LEFT JOIN {names} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0;
     """)
 
 
@@ -419,6 +441,8 @@ def derive(
     bounds = [_naive_utc(v) for v in (start, since) if v is not None]
     first = max(bounds) if bounds else None
     lo = first - HISTORY_SLACK if first is not None and bound_history else None
+    own = _begin(con)
+    ok = False
     try:
         _prepare(con, snap, persons, lo)
         _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
@@ -435,9 +459,12 @@ def derive(
                 con.execute("DELETE FROM _fs_g WHERE person_id IN (SELECT unnest(?::BIGINT[]))", [redo])
         rows = con.execute(_features_sql()).to_arrow_table()
         edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
+        ok = True
     finally:
-        for t in ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons"):
+        for t in (*_TEMP, "_fs_person0", "_fs_d0", "_fs_pay0"):
             con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
+        if own:
+            con.execute("COMMIT" if ok else "ROLLBACK")
     import pyarrow as pa
 
     if edges is None:
@@ -459,6 +486,18 @@ def derive(
         )
         edges = pa.concat_tables([edges, more.edges.cast(edges.schema)])
     return Derived(snap, rows, edges)
+
+
+def _begin(con: duckdb.DuckDBPyConnection) -> bool:
+    """One read transaction around a derivation (unless the caller has one): DuckLake then loads the lake's
+    metadata once instead of once per query (measured: ~5 ms per lake query saved). Returns whether it began one."""
+    import duckdb
+
+    try:
+        con.execute("BEGIN TRANSACTION")
+    except duckdb.TransactionException:
+        return False
+    return True
 
 
 def split_views(rows: pa.Table) -> dict[str, pa.Table]:

