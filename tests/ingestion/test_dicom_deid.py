@@ -78,7 +78,7 @@ def dicom_dir(shared_data: Path) -> Path:
 
 def run(data: bytes, ps: Pseudonymizer, options: DicomDeidOptions | None = None) -> DicomDeidResult:
     return deidentify_dicom(
-        data, ps, lambda pid: ps.person(pid or "unknown-dicom-patient"), options or DicomDeidOptions()
+        data, ps, lambda pid, issuer=None: ps.person(pid or "unknown-dicom-patient"), options or DicomDeidOptions()
     )
 
 
@@ -376,7 +376,7 @@ def test_oversized(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> None:
 def test_same_patient_id_same_person_and_unknown_patient(dicom_dir: Path, pseudonymizer: Pseudonymizer) -> None:
     seen: list[str | None] = []
 
-    def resolve(pid: str | None) -> str:
+    def resolve(pid: str | None, issuer: str | None = None) -> str:
         seen.append(pid)
         return pseudonymizer.person(pid or "unknown")
 

@@ -57,7 +57,7 @@ def mutate(data: bytes, muts: list[tuple[str, float, bytes]]) -> bytes:
 def test_mutated_files_never_crash(seeds: list[bytes], which: int, muts: list[tuple[str, float, bytes]]) -> None:
     data = mutate(seeds[which], muts)
     try:
-        result = deidentify_dicom(data, PS, lambda pid: PS.person(pid or "unknown"), OPTIONS)
+        result = deidentify_dicom(data, PS, lambda pid, issuer=None: PS.person(pid or "unknown"), OPTIONS)
     except DicomRejected as err:
         assert err.error_class and err.reason
         return
@@ -70,7 +70,7 @@ def test_mutated_files_never_crash(seeds: list[bytes], which: int, muts: list[tu
 @given(data=st.binary(max_size=2048))
 def test_random_bytes_are_rejected_or_accepted_never_crash(data: bytes) -> None:
     with contextlib.suppress(DicomRejected):
-        deidentify_dicom(b"\x00" * 128 + b"DICM" + data, PS, lambda pid: PS.person(pid or "x"), OPTIONS)
+        deidentify_dicom(b"\x00" * 128 + b"DICM" + data, PS, lambda pid, issuer=None: PS.person(pid or "x"), OPTIONS)
 
 
 def test_regression_truncated_mr_with_empty_numeric_value(seeds: list[bytes]) -> None:
@@ -79,5 +79,5 @@ def test_regression_truncated_mr_with_empty_numeric_value(seeds: list[bytes]) ->
     data = mutate(seeds[0], [("truncate", 0.3517112326088406, b"\x00"), ("insert", 1.0, b"\x00"),
                              ("truncate", 0.3517112326088406, b"\x00")])  # fmt: skip
     with pytest.raises(DicomRejected) as info:
-        deidentify_dicom(data, PS, lambda pid: PS.person(pid or "unknown"), OPTIONS)
+        deidentify_dicom(data, PS, lambda pid, issuer=None: PS.person(pid or "unknown"), OPTIONS)
     assert info.value.reason

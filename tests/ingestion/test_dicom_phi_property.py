@@ -95,7 +95,9 @@ def test_random_identifying_values_never_survive(base: bytes, values: list[str],
     ds.save_as(buf)
 
     try:
-        result = deidentify_dicom(buf.getvalue(), PS, lambda pid: PS.person(pid or "x"), DicomDeidOptions())
+        result = deidentify_dicom(
+            buf.getvalue(), PS, lambda pid, issuer=None: PS.person(pid or "x"), DicomDeidOptions()
+        )
     except DicomRejected as err:  # pragma: no cover - a rejection is safe, but these files are valid
         pytest.fail(f"valid file rejected: {err.reason}")
     texts = [

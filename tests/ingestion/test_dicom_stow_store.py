@@ -41,7 +41,7 @@ def test_stow_round_trip_two_files_and_a_broken_part(shared_data: Path) -> None:
     referenced, failed = [], []
     for part in parts:
         try:
-            r = deidentify_dicom(part, ps, lambda pid: ps.person(pid or "unknown"), DicomDeidOptions())
+            r = deidentify_dicom(part, ps, lambda pid, issuer=None: ps.person(pid or "unknown"), DicomDeidOptions())
             referenced.append({"sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid,
                                "retrieve_url": f"/dicomweb/studies/{r.study_uid}"})  # fmt: skip
         except DicomRejected as err:
