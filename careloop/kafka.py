@@ -278,12 +278,17 @@ class EventConsumer:
         """Lag from fetched high-watermarks (Tansu's end_offsets is wrong; STACK.md)."""
         return {tp: max(0, hw - self.last_seen.get(tp, -1) - 1) for tp, hw in self.highwater.items()}
 
-    def commit(self) -> None:
-        """Commit the positions of everything consumed so far (synchronously: the caller's sink is durable)."""
-        from confluent_kafka import KafkaError, KafkaException
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Commit synchronously (the caller's sink is durable): the positions of everything consumed so far, or the
+        given next-offsets per (topic, partition) — what a pipelined consumer uses to commit one batch at a time."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         try:
-            self._consumer.commit(asynchronous=False)
+            if offsets is None:
+                self._consumer.commit(asynchronous=False)
+            elif offsets:
+                self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                      asynchronous=False)  # fmt: skip
         except KafkaException as err:
             if err.args and err.args[0].code() == KafkaError._NO_OFFSET:
                 return  # nothing consumed since the last commit

@@ -104,7 +104,7 @@ def fhir_node(src: dict[str, Any]) -> str:
 def _arrow(rows: list[dict[str, Any]], columns: list[str]) -> Any:
     import pyarrow as pa
 
-    return pa.table({c: pa.array([r.get(c) for r in rows]) for c in columns})
+    return pa.table({c: [r.get(c) for r in rows] for c in columns})  # lists: pyarrow infers in C (2x pa.array)
 
 
 class LakeWriter:

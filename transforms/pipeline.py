@@ -68,7 +68,7 @@ class ParseEvents(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return (
             pcoll
-            | "Decode" >> beam.Map(lambda e: orjson.loads(e) if isinstance(e, (str, bytes)) else e)
+            | "Decode" >> beam.Map(lambda e: decode_envelope(e) if isinstance(e, (str, bytes)) else e)
             | ("Source" >> beam.Map(source_of))
         )
 
@@ -165,9 +165,60 @@ def run_files(inputs: str, out_prefix: str, vocab: Vocabulary, *, runner: Any = 
     return results
 
 
+HEADER_FIELDS = ("event_id", "event_type", "content_hash", "occurred_at", "source_system", "site")
+
+
+def frame(head: dict[str, Any], value: bytes | None) -> bytes:
+    """One envelope as a line: the JSON of its metadata, a tab, then the Kafka value's bytes *as received*.
+
+    The stream never decodes a value just to encode it again for Beam: the DoFn parses it once. orjson never
+    writes a raw tab or newline, so the first tab ends the metadata and the newline ends the record; a value
+    carrying raw newlines (pretty-printed by a foreign producer) is re-encoded, and one that is not JSON at all is
+    marked so that it becomes a dead letter with the parser's reason instead of breaking the batch.
+    """
+    if value is None:
+        value = b"null"
+    elif b"\n" in value:
+        try:
+            value = orjson.dumps(orjson.loads(value))
+        except orjson.JSONDecodeError as err:
+            head = {**head, "invalid_value": f"value is not valid JSON: {err}"}
+            value = b"null"
+    return orjson.dumps(head, default=str) + b"\t" + value
+
+
+def encode_envelope(env: dict[str, Any]) -> bytes:
+    """A decoded envelope dict (tests, backfill) as a framed line."""
+    return frame({k: v for k, v in env.items() if k != "value"}, orjson.dumps(env.get("value"), default=str))
+
+
+def decode_envelope(line: bytes | str) -> dict[str, Any]:
+    """A framed line (or a plain JSON-lines envelope) -> envelope dict; an unparseable value is marked, not raised."""
+    data = line.encode() if isinstance(line, str) else line
+    data = data.rstrip(b"\r\n")
+    head, tab, value = data.partition(b"\t")
+    if tab:
+        try:
+            env = orjson.loads(head)
+        except orjson.JSONDecodeError:
+            env = None
+        if isinstance(env, dict):
+            if "invalid_value" not in env:
+                try:
+                    env["value"] = orjson.loads(value)
+                except orjson.JSONDecodeError as err:
+                    env["invalid_value"] = f"value is not valid JSON: {err}"
+            return env
+    return orjson.loads(data)
+
+
 def map_envelope(env: Any, vocab: Vocabulary) -> dict[str, Any]:
     """The element-wise path of `FhirToOmop` for one envelope, as a plain function (used by `MapChunks`)."""
-    src, value = source_of(orjson.loads(env) if isinstance(env, (str, bytes)) else env)
+    env = decode_envelope(env) if isinstance(env, (str, bytes)) else env
+    src, value = source_of(env)
+    if env.get("invalid_value"):
+        return {"src": src, "status": "deadletter", "check": "invalid_resource", "reason": env["invalid_value"],
+                "rows": []}  # fmt: skip
     return check_quality((map_dicom if src["kind"] == "dicom" else map_fhir)(src, value, vocab))
 
 
@@ -220,36 +271,50 @@ class _WriteChunks(beam.DoFn):
         yield path
 
 
-def run_batch(envelopes: list[dict[str, Any]], workdir: str, vocab: Vocabulary, *, runner: Any = None,
-              chunk: int = 500) -> list[dict[str, Any]]:  # fmt: skip
-    """One micro-batch through Beam: the envelopes go to a JSON-lines file that one impulse + DoFn reads in chunks
-    (no `beam.Create` at volume, no per-batch file-sink finalization; STACK.md); results come back as files."""
+def write_batch(envelopes: list[dict[str, Any]] | list[bytes], path: str) -> None:
+    """A micro-batch as the framed JSON-lines file `run_batch_file` reads."""
+    with open(path, "wb") as fh:
+        for env in envelopes:
+            fh.write(env if isinstance(env, bytes) else encode_envelope(env))
+            fh.write(b"\n")
+
+
+def run_batch_file(path: str, out_dir: str, vocab: Vocabulary, *, runner: Any = None, chunk: int = 500) -> list[str]:
+    """Beam over one batch file: one impulse + a DoFn reading it in chunks (no `beam.Create` at volume, no per-batch
+    file-sink finalization; STACK.md). Returns the result files (JSON lines) it wrote into `out_dir`."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "batch.jsonl")
-    out_dir = os.path.join(workdir, "out")
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(out_dir, "*")):
         os.unlink(stale)
-    with open(path, "wb") as fh:
-        for env in envelopes:
-            fh.write(orjson.dumps(env, default=str))
-            fh.write(b"\n")
+    with beam.Pipeline(runner=runner or local_runner(), options=PipelineOptions(["--no_pipeline_type_check"])) as p:
+        (
+            p
+            | "Impulse" >> beam.Impulse()
+            | "ReadChunks" >> beam.ParDo(_ReadChunks(path, chunk))
+            | "ToOmop" >> MapChunks(vocab)
+            | "WriteChunks" >> beam.ParDo(_WriteChunks(out_dir))
+        )
+    return sorted(glob.glob(os.path.join(out_dir, "*.jsonl")))
+
+
+def read_results(paths: list[str]) -> list[dict[str, Any]]:
+    """Result files -> result dicts; the files are removed once read."""
+    results: list[dict[str, Any]] = []
+    for f in paths:
+        with open(f, "rb") as fh:
+            results.extend(orjson.loads(line) for line in fh if line.strip())
+        os.unlink(f)
+    return results
+
+
+def run_batch(envelopes: list[dict[str, Any]] | list[bytes], workdir: str, vocab: Vocabulary, *, runner: Any = None,
+              chunk: int = 500) -> list[dict[str, Any]]:  # fmt: skip
+    """One micro-batch through Beam in this process: envelopes (dicts or framed lines) -> result dicts."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "batch.jsonl")
+    write_batch(envelopes, path)
     try:
-        with beam.Pipeline(runner=runner or local_runner(), options=PipelineOptions(["--no_pipeline_type_check"])) as p:
-            (
-                p
-                | "Impulse" >> beam.Impulse()
-                | "ReadChunks" >> beam.ParDo(_ReadChunks(path, chunk))
-                | "ToOmop" >> MapChunks(vocab)
-                | "WriteChunks" >> beam.ParDo(_WriteChunks(out_dir))
-            )
-        results: list[dict[str, Any]] = []
-        for f in glob.glob(os.path.join(out_dir, "*.jsonl")):
-            with open(f, "rb") as fh:
-                results.extend(orjson.loads(line) for line in fh if line.strip())
-            os.unlink(f)
-        return results
+        return read_results(run_batch_file(path, os.path.join(workdir, "out"), vocab, runner=runner, chunk=chunk))
     finally:
         os.unlink(path)
