@@ -138,7 +138,7 @@ class _InFlight:
 class StreamRunner:
     """Consumes `fhir` + `dicom` and keeps the OMOP lake up to date; see the module docstring for the order."""
 
-    def __init__(self, settings: Settings, *, batch_size: int = 5000, max_wait_ms: int = 1000,
+    def __init__(self, settings: Settings, *, batch_size: int = 5000, max_wait_ms: int = 250,
                  group_id: str = GROUP_ID, on_batch_committed: Sequence[Callable[[BatchCommit], None]] = (),
                  hook_attempts: int = 5, compact_every: int = 20, hook_backoff_s: float = 0.5, beam_runner: Any = None,
                  map_workers: int | None = None, install_signal_handlers: bool = False) -> None:  # fmt: skip

@@ -13,7 +13,13 @@ def stream(
     ctx: typer.Context,
     until_idle: float | None = typer.Option(None, "--until-idle", help="exit after this many seconds without events"),
     batch_size: int = typer.Option(5000, "--batch-size", min=1, help="most events per micro-batch"),
-    max_wait_ms: int = typer.Option(1000, "--max-wait-ms", min=0, help="longest wait to fill a micro-batch"),
+    max_wait_ms: int = typer.Option(250, "--max-wait-ms", min=0, help="longest wait to fill a micro-batch"),
+    map_workers: int | None = typer.Option(
+        None,
+        "--map-workers",
+        min=0,
+        help="Beam mapping processes pipelined with the lake commit (default: 1 on 2+ cores, 0 = map in this process)",
+    ),
     group: str = typer.Option("careloop-transforms", "--group", help="Kafka consumer group"),
     features: bool = typer.Option(
         True, "--features/--no-features", help="recompute touched persons' features and push them to Feast per batch"
@@ -33,7 +39,8 @@ def stream(
     settings = load_settings()
     hooks = feature_hooks(settings, features)
     runner = StreamRunner(settings, batch_size=batch_size, max_wait_ms=max_wait_ms, group_id=group,
-                          on_batch_committed=hooks, install_signal_handlers=True)  # fmt: skip
+                          on_batch_committed=hooks, map_workers=map_workers,
+                          install_signal_handlers=True)  # fmt: skip
     err.print(
         f"[dim]streaming {settings.topic('fhir')}, {settings.topic('dicom')} -> lake omop.*"
         f"{' -> Feast' if features else ''} "
