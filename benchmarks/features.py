@@ -2,7 +2,12 @@
 
 Run: .venv/bin/python benchmarks/features.py [--full]   (writes benchmarks/results/features.json)
 
-What is measured
+What is measured (the lake is pre-filled with `--clones` copies of the Eunomia persons: 560 persons, 200k
+measurements by default, and grows during the run)
+- hook: `StreamFeatureHook` alone (derive at the batch's snapshot + validated online/offline push + feature lineage)
+  on batches of exactly 200 and 1,000 heart-rate events of random persons, p50/p99 and per phase; on the same
+  batches, baselines of the pre-change path measured in the same run: the whole-history derivation
+  (`bound_history=False`) and Feast's generic online write (`provider.ingest_df` per view) vs ours (`write_tables`).
 - freshness: events are scheduled at a fixed rate (200/s, 1000/s); each event is a heart-rate measurement of an
   Eunomia person with event time = its scheduled publish time. Every 0.25 s the due events are written to the lake
   in one transaction (standing in for the transforms writer), then `StreamFeatureHook` recomputes and pushes the
@@ -40,8 +45,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-CLONED = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure", "measurement",
-          "payer_plan_period")
+CLONED = (
+    "person",
+    "observation_period",
+    "visit_occurrence",
+    "condition_occurrence",
+    "drug_exposure",
+    "measurement",
+    "payer_plan_period",
+)
 ID_COLUMNS = {
     "observation_period": "observation_period_id",
     "visit_occurrence": "visit_occurrence_id",
@@ -76,12 +88,112 @@ def prefill(con, clones: int) -> dict:
     return {t: con.execute(f"SELECT count(*) FROM omop.{t}").fetchall()[0][0] for t in CLONED}
 
 
-def freshness(settings, con, rate: int, seconds: float) -> dict:
+def insert_heart_rates(con, rows: list[tuple]) -> None:
+    """One lake transaction of heart-rate measurements (measurement_id, person_id, naive UTC ts, value), standing
+    in for the stream writer's commit."""
+    frame = pd.DataFrame(rows, columns=["measurement_id", "person_id", "ts", "value"])
+
+    def body(c) -> None:
+        c.register("_bench_rows", frame)
+        c.execute(
+            "INSERT INTO omop.measurement (measurement_id, person_id, measurement_concept_id, "
+            "measurement_date, measurement_datetime, measurement_type_concept_id, value_as_number, "
+            "unit_concept_id) SELECT measurement_id, person_id, 3027018, CAST(ts AS DATE), ts, 32817, "
+            "value, 8541 FROM _bench_rows"
+        )
+
+    transaction(con, body)
+
+
+def hook_batches(settings, con, size: int, reps: int, lineage: bool) -> dict:
+    """The hook alone on batches of exactly `size` events (random persons of the whole lake), with per-phase
+    wall and CPU time; and, on the same batches, the baseline of the pre-change path for its two big parts:
+    the whole-history derivation and Feast's generic online write (`provider.ingest_df` per view)."""
+    import feature_store as fs
+    from feature_store.derive import split_views
+    from feature_store.online import latest_per_person, write_tables
+    from feature_store.push import to_push_table
+    from feature_store.repo import feature_views
+
+    persons = [r[0] for r in con.execute("SELECT person_id FROM omop.person").fetchall()]
+    next_id = con.execute("SELECT coalesce(max(measurement_id), 0) + 1 FROM omop.measurement").fetchall()[0][0]
+    rng = np.random.default_rng(size)
+    hook = fs.StreamFeatureHook(settings, lineage=lineage)
+    store = fs.open_store(settings)
+    views = feature_views(store)
+    stats, base_derive, base_online, new_online = [], [], [], []
+    for _ in range(reps + 1):  # the first batch warms the connection and caches; not counted
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = [
+            (
+                next_id + i,
+                int(rng.choice(persons)),
+                now - timedelta(milliseconds=int(rng.integers(0, 1000))),
+                float(rng.integers(50, 120)),
+            )
+            for i in range(size)
+        ]
+        next_id += size
+        insert_heart_rates(con, rows)
+        snap = fs.current_snapshot(con)
+        batch = SimpleNamespace(
+            person_ids={r[1] for r in rows}, snapshot_id=snap, min_event_time=min(r[2] for r in rows)
+        )
+        st = hook(batch)
+        t = time.perf_counter()
+        whole = fs.derive(
+            hook.con,
+            snapshot_id=snap,
+            persons=sorted(batch.person_ids),
+            since=batch.min_event_time,
+            end=now + timedelta(days=1),
+            include_latest=True,
+            with_edges=lineage,
+            bound_history=False,
+        )
+        bd = time.perf_counter() - t
+        tables = {v: latest_per_person(to_push_table(v, t)) for v, t in split_views(whole.rows).items()}
+        t = time.perf_counter()
+        for v, table in tables.items():
+            store.provider.ingest_df(views[v], table.to_pandas())
+        bo = time.perf_counter() - t
+        t = time.perf_counter()
+        write_tables(store, views, tables)  # rewrites the same values the hook wrote
+        no = time.perf_counter() - t
+        stats.append(st)
+        base_derive.append(bd)
+        base_online.append(bo)
+        new_online.append(no)
+    hook.close()
+    stats, base_derive, base_online, new_online = stats[1:], base_derive[1:], base_online[1:], new_online[1:]
+
+    def col(k: str) -> list[float]:
+        return [x[k] for x in stats]
+
+    return {
+        "batch_events": size,
+        "batches": reps,
+        "lineage": lineage,
+        "persons_mean": float(np.mean(col("persons"))),
+        "hook_p50_s": pct(col("total_s"), 50),
+        "hook_p99_s": pct(col("total_s"), 99),
+        "hook_cpu_p50_s": pct(col("cpu_s"), 50),
+        "derive_p50_s": pct(col("derive_s"), 50),
+        "push_p50_s": pct(col("push_s"), 50),
+        "lineage_p50_s": pct(col("lineage_s"), 50),
+        "online_write_p50_s": pct(new_online, 50),
+        "baseline_whole_history_derive_p50_s": pct(base_derive, 50),
+        "baseline_feast_ingest_df_p50_s": pct(base_online, 50),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def freshness(settings, con, rate: int, seconds: float, lineage: bool) -> dict:
     import feature_store as fs
 
     persons = [r[0] for r in con.execute("SELECT person_id FROM omop.person ORDER BY 1").fetchall()]
     next_id = con.execute("SELECT coalesce(max(measurement_id), 0) + 1 FROM omop.measurement").fetchall()[0][0]
-    hook = fs.StreamFeatureHook(settings, lineage=False)
+    hook = fs.StreamFeatureHook(settings, lineage=lineage)
     store = fs.open_store(settings)
     rng = np.random.default_rng(rate)
     n = int(rate * seconds)
@@ -106,17 +218,7 @@ def freshness(settings, con, rate: int, seconds: float) -> dict:
         ]
         next_id += len(rows)
         frame = pd.DataFrame(rows, columns=["measurement_id", "person_id", "ts", "value"])
-
-        def body(c, frame=frame):
-            c.register("_bench_rows", frame)
-            c.execute(
-                "INSERT INTO omop.measurement (measurement_id, person_id, measurement_concept_id, "
-                "measurement_date, measurement_datetime, measurement_type_concept_id, value_as_number, "
-                "unit_concept_id) SELECT measurement_id, person_id, 3027018, CAST(ts AS DATE), ts, 32817, "
-                "value, 8541 FROM _bench_rows"
-            )
-
-        transaction(con, body)
+        insert_heart_rates(con, rows)
         snap = fs.current_snapshot(con)
         touched = sorted(set(frame["person_id"]))
         stats.append(hook(SimpleNamespace(person_ids=touched, snapshot_id=snap, min_event_time=frame["ts"].min())))
@@ -143,6 +245,7 @@ def freshness(settings, con, rate: int, seconds: float) -> dict:
         "hook_max_s": max(x["total_s"] for x in stats),
         "hook_derive_s_mean": float(np.mean([x["derive_s"] for x in stats])),
         "hook_push_s_mean": float(np.mean([x["push_s"] for x in stats])),
+        "hook_lineage_s_mean": float(np.mean([x["lineage_s"] for x in stats])),
         "hook_total_s_mean": float(np.mean([x["total_s"] for x in stats])),
         "hook_cpu_s_mean": float(np.mean([x["cpu_s"] for x in stats])),
         "load_avg_1m": os.getloadavg()[0],
@@ -241,6 +344,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="longer freshness runs (30 s per rate)")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--clones", type=int, default=19, help="copies of the Eunomia persons pre-filled into the lake")
+    ap.add_argument("--reps", type=int, default=None, help="hook batches per size (default 8, --full 30)")
+    ap.add_argument("--no-lineage", action="store_true", help="run the hook without feature lineage edges")
     args = ap.parse_args()
     seconds = args.seconds or (30.0 if args.full else 4.0)
     home = Path(tempfile.mkdtemp(prefix="careloop-bench-features-"))
@@ -254,6 +359,8 @@ def main() -> None:
     lake_rows = prefill(con, args.clones)
     fs.apply(settings)
     setup_s = time.perf_counter() - t
+    lineage = not args.no_lineage
+    reps = args.reps or (30 if args.full else 8)
     hook = fs.StreamFeatureHook(settings, lineage=False)  # warm the push path on every person (current state)
     hook(
         SimpleNamespace(
@@ -267,7 +374,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]},
         "setup_s": setup_s,
         "lake_rows": lake_rows,
-        "freshness": [freshness(settings, con, rate, seconds) for rate in (200, 1000)],
+        "hook": [hook_batches(settings, con, size, reps, lineage) for size in (200, 1000)],
+        "freshness": [freshness(settings, con, rate, seconds, lineage) for rate in (200, 1000)],
         "online": online_latency(settings, 500),
         "point_in_time": pit(settings, 100_000, 20_000, 10),
         "notes": "freshness = online value updated (read back) minus scheduled event publish time, through "

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+_schema_ready: set[str] = set()
+
+
 def insert_edges(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -28,7 +31,10 @@ def insert_edges(
     set-based INSERT (a row-by-row writer would be the bottleneck at training-set sizes)."""
     from lineage import LineageWriter, ensure_schema
 
-    ensure_schema(con)
+    key = str(settings.home_dir)
+    if key not in _schema_ready:  # checking costs a catalog query (~0.1 s): once per lake and process
+        ensure_schema(con)
+        _schema_ready.add(key)
     writer = LineageWriter(settings, con=con)
     if run_id is None:
         run_id = writer.start_run(job, dict(params or {}), flush=False)

@@ -11,10 +11,10 @@ store (Redis) gets the same prepared batch through Feast's `online_write_batch`.
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import lru_cache
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from feature_store.definitions import VIEW_BY_NAME
@@ -111,8 +111,17 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
 
     version = config.entity_key_serialization_version
     versioned = config.registry.enable_online_feature_view_versioning
-    keys: dict[int, bytes] = {}
-    empty = Value().SerializeToString()
+    # SQL literals: blobs and text as hex (X'..', CAST(X'..' AS TEXT): safe for any bytes), ints, checked names
+    keys: dict[int, str] = {}
+    epochs: dict[Any, str] = {}
+    empty = "X''"  # Value() serializes to no bytes
+
+    def epoch(t: datetime) -> str:  # Feast's sqlite adapter stores a naive UTC datetime as int(dt.timestamp())
+        got = epochs.get(t)
+        if got is None:
+            got = epochs[t] = str(int(_naive(t).timestamp()))
+        return got
+
     statements = []
     for view, table in tables.items():
         if not table.num_rows:
@@ -122,26 +131,42 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
         for p in pids:
             if p not in keys:
                 entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=p)])
-                keys[p] = serialize_entity_key(entity, entity_key_serialization_version=version)
+                keys[p] = f"X'{serialize_entity_key(entity, entity_key_serialization_version=version).hex()}'"
         ekeys = [keys[p] for p in pids]
-        # Feast's sqlite adapter stores a naive UTC datetime as int(dt.timestamp()); the same, once per row
-        ets = [int(_naive(t).timestamp()) for t in table.column(TS).to_pylist()]
-        cts = [None if t is None else int(_naive(t).timestamp()) for t in table.column(CREATED).to_pylist()]
-        params: list[tuple[Any, ...]] = []
+        ets = [epoch(t) for t in table.column(TS).to_pylist()]
+        cts = ["NULL" if t is None else epoch(t) for t in table.column(CREATED).to_pylist()]
+        rows: list[str] = []
         for f in VIEW_BY_NAME[view].features:
+            if not _NAME.fullmatch(f.name):
+                raise ValueError(f"feature name {f.name!r} is not a plain identifier")
             field = _PROTO_FIELD[f.dtype]
             values = table.column(f.name).to_pylist()
             if f.dtype == "float":
-                blobs = [empty if v is None or v != v else Value(double_val=v).SerializeToString() for v in values]
-                texts = [None if v is None or v != v else str(v) for v in values]
+                cells = [
+                    ("X''", "NULL") if v is None or v != v else (f"X'{_double(0x29, v).hex()}'", f"'{v}'")
+                    for v in values
+                ]
             elif f.dtype == "string":
-                blobs = [empty if v is None else Value(string_val=v).SerializeToString() for v in values]
-                texts = values
+                cells = [
+                    (empty, "NULL")
+                    if v is None
+                    else (
+                        f"X'{Value(string_val=v).SerializeToString().hex()}'",
+                        f"CAST(X'{v.encode().hex()}' AS TEXT)",
+                    )
+                    for v in values
+                ]
             else:
-                blobs = [empty if v is None else Value(**{field: v}).SerializeToString() for v in values]
-                texts = [None if v is None else str(v) for v in values]
-            params += zip(ekeys, [f.name] * len(values), blobs, texts, ets, cts, strict=True)
-        statements.append((name, params))
+                cells = [
+                    (empty, "NULL") if v is None else (f"X'{Value(**{field: v}).SerializeToString().hex()}'", f"'{v}'")
+                    for v in values
+                ]
+            fname = f"'{f.name}'"
+            rows += [
+                f"({k},{fname},{blob},{text},{e},{c})"
+                for k, (blob, text), e, c in zip(ekeys, cells, ets, cts, strict=True)
+            ]
+        statements.append((name, rows))
     conn = online._get_conn(config)
     if not getattr(online, "_careloop_wal", False):
         # WAL: a commit is one append + fsync instead of a rollback journal's several, and online readers
@@ -153,22 +178,23 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
         else:
             online._careloop_wal = True
     with conn:
-        for name, params in statements:
-            for i in range(0, len(params), UPSERT_ROWS):
-                chunk = params[i : i + UPSERT_ROWS]
-                conn.execute(_upsert(name, len(chunk)), list(chain.from_iterable(chunk)))
+        for name, rows in statements:
+            for i in range(0, len(rows), UPSERT_ROWS):
+                conn.execute(
+                    f"INSERT INTO {name} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+                    f"VALUES {','.join(rows[i : i + UPSERT_ROWS])} {_ON_CONFLICT}"
+                )
 
 
-UPSERT_ROWS = 5000  # rows per statement: 6 parameters each, under SQLite's 32,766-variable limit
-
-
-@lru_cache(maxsize=64)
-def _upsert(table: str, rows: int) -> str:
-    """Feast's SQLite upsert (same columns and conflict rule) as one multi-row statement: binding a whole chunk
-    at once costs ~30% less per row than `executemany` (measured 5.4 vs 7.8 us/row)."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    return (
-        f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES {values} "
-        "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
-        "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
-    )
+# A serialized `Value(double_val=v)`: field 5, wire type 1 (tag 0x29), then the 8-byte little-endian double; a
+# oneof member is always serialized, 0.0 included. 5x cheaper than building the message (tested equal to Feast).
+_double = struct.Struct("<Bd").pack
+UPSERT_ROWS = 5000  # rows per statement
+# Feast's SQLite upsert (same columns and conflict rule). One multi-row statement of literals per chunk instead of
+# `executemany`: parameter binding was most of the cost (measured 1.7 vs 2.8 us/row multi-row with parameters,
+# 7.8 with executemany).
+_ON_CONFLICT = (
+    "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+    "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
