@@ -83,6 +83,9 @@ class ImportJob:
                 yield line
 
     def run(self, ingestor: Any) -> None:
+        """Ingest the spooled lines; the status changes last (after the spool file is gone and every count is
+        final), so a poller that sees a final status sees the final manifest."""
+        status, error = "completed", None
         batch: list[bytes] = []
         try:
             try:
@@ -93,21 +96,21 @@ class ImportJob:
                         self._submit(ingestor, batch)
                         batch = []
                     if self.cancel.is_set():
-                        self.status = "cancelled"
-                        return
+                        status, batch = "cancelled", []
+                        break
             except LineTooLong as err:
-                self.status, self.error = "failed", str(err)
+                status, error = "failed", str(err)
             if batch:
                 self._submit(ingestor, batch)
             ingestor.flush()
-            if self.status == "in-progress":
-                self.status = "completed"
         except Exception as err:  # broker down etc.: reported, never a silent stop
-            self.status, self.error = "failed", f"{type(err).__name__}: {err}"[:300]
+            status, error = "failed", f"{type(err).__name__}: {err}"[:300]
         finally:
-            self.finished = utcnow().isoformat()
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            self.finished = utcnow().isoformat()
+            self.error = error
+            self.status = status
 
     def _submit(self, ingestor: Any, batch: list[bytes]) -> None:
         for o in ingestor.submit_ndjson(batch, batch_size=len(batch)):
