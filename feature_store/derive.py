@@ -127,6 +127,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
             return ""
         return f" AND greatest({', '.join(exprs)}) > {low}" if len(exprs) > 1 else f" AND {exprs[0]} > {low}"
 
+    def on_or_after(date_column: str) -> str:
+        """The same bound on a plain DATE column, which DuckLake can prune data files by (min/max per file), so
+        the scan skips old files instead of growing with the lake. `*_date` is the date of `*_datetime` in the
+        CDM; two days of slack cover a time-zone shift between them, and a NULL date keeps the row."""
+        if lo is None:
+            return ""
+        return f" AND ({date_column} >= DATE '{lo - timedelta(days=2):%Y-%m-%d}' OR {date_column} IS NULL)"
+
     from feature_store import vocab
 
     # concept sets expanded with their descendants, cached per vocabulary version (vocab.py)
@@ -198,7 +206,8 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                   OR (coalesce(m.unit_concept_id, 0) = 0 AND m.unit_source_value = r.unit_source))
         WHERE m.value_as_number IS NOT NULL
           AND m.value_as_number * r.factor + r.off BETWEEN r.lo AND r.hi
-          {after("coalesce(m.measurement_datetime, CAST(m.measurement_date AS TIMESTAMP))")};
+          {after("coalesce(m.measurement_datetime, CAST(m.measurement_date AS TIMESTAMP))")}
+          {on_or_after("m.measurement_date")};
 
         CREATE OR REPLACE TEMP TABLE _fs_v AS
         SELECT visit_occurrence_id AS row_id, person_id, visit_concept_id,
@@ -229,7 +238,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                coalesce(image_occurrence_datetime, CAST(image_occurrence_date AS TIMESTAMP)) AS ts,
                image_study_uid, coalesce(modality_source_value, CAST(modality_concept_id AS VARCHAR)) AS modality,
                manufacturer, manufacturer_model_name AS model
-        FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")};
+        FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")} {on_or_after("image_occurrence_date")};
 
         CREATE OR REPLACE TEMP TABLE _fs_pay AS
         SELECT pp.person_id, pp.start_ts, pp.end_ts,
