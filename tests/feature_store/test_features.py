@@ -384,3 +384,34 @@ def test_online_batch_write_matches_feast_and_fast_path_refuses_unknown(fs_setti
     bad = bad.set_column(0, "person_id", pa.array([987655], pa.int64()))
     with pytest.raises(fs.FeaturePushError, match="refused 1 of 1"):
         push_frames(fs_settings, {"conditions": bad}, con=fs_con, source="test")
+
+
+def test_stream_hook_fails_whole_when_online_store_is_unavailable_then_retry_succeeds(fs_settings, fs_con):
+    """An unavailable online store (locked by another writer) fails the hook before any offline part is written,
+    so the runner retries without committing offsets; the retry writes both stores."""
+    import sqlite3
+
+    from feature_store.repo import live_paths
+
+    when = datetime(2026, 11, 3, 10, 0, tzinfo=UTC)
+    snap = _late_measurement(fs_con, 10, when, 3027018, 88.0, 8541)
+    batch = SimpleNamespace(person_ids={10}, snapshot_id=snap, min_event_time=when)
+    folder = live_paths(fs_settings).part_dir("vitals")
+    before = set(folder.glob("*.parquet"))
+    hook = fs.StreamFeatureHook(fs_settings)
+    blocker = sqlite3.connect(live_paths(fs_settings).root / "online.db", timeout=1)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(fs.FeatureStoreError, match="online write"):
+            hook(batch)
+        assert set(folder.glob("*.parquet")) == before  # nothing offline: the batch is not half-pushed
+        blocker.rollback()
+        assert hook(batch)["rows"] >= 1
+    finally:
+        blocker.close()
+        hook.close()
+    got = fs.open_store(fs_settings).get_online_features(
+        features=["vitals:heart_rate_latest"], entity_rows=[{"person_id": 10}]
+    )
+    assert got.to_dict()["heart_rate_latest"] == [88.0]
+    assert len(set(folder.glob("*.parquet")) - before) == 1
