@@ -113,13 +113,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
     at = f"AT (VERSION => {snap})"
     pf = "" if persons is None else "WHERE person_id IN (SELECT person_id FROM _fs_persons)"
     if persons is not None:
-        import pyarrow as pa
-
-        con.register("_fs_persons_in", pa.table({"person_id": pa.array(sorted(persons), pa.int64())}))
-        try:
-            con.execute("CREATE OR REPLACE TEMP TABLE _fs_persons AS SELECT DISTINCT person_id FROM _fs_persons_in")
-        finally:
-            con.unregister("_fs_persons_in")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _fs_persons AS SELECT DISTINCT unnest(?::BIGINT[]) AS person_id",
+            [sorted({int(p) for p in persons})],
+        )
     low = "" if lo is None else f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'"
 
     def after(*exprs: str) -> str:  # the row can still be in a window at/after the bound
@@ -164,13 +161,19 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
                         CAST(drug_exposure_start_date AS TIMESTAMP) + to_days(CAST(days_supply AS INTEGER)),
                         CAST(drug_exposure_start_date AS TIMESTAMP) + INTERVAL 1 DAY) AS end_ts
         FROM omop.drug_exposure {at} {pf or "WHERE true"} {after("ts", "end_ts")};
-
-        CREATE OR REPLACE TEMP TABLE _fs_pay0 AS
+    """)
+    _sparse(
+        con,
+        "_fs_pay0",
+        "payer_plan_period",
+        at,
+        pf,
+        f"""
         SELECT person_id, CAST(payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
                CAST(payer_plan_period_end_date AS TIMESTAMP) + INTERVAL 1 DAY AS end_ts,
                payer_concept_id, payer_source_value
-        FROM omop.payer_plan_period {at} {pf or "WHERE true"} {after("start_ts", "end_ts")};
-    """)
+        FROM omop.payer_plan_period {at} {pf or "WHERE true"} {after("start_ts", "end_ts")}""",
+    )
     vocab.lookup_names(
         con,
         snap,
@@ -233,19 +236,42 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
         )
         SELECT d.*, cls.key FROM _fs_d0 d LEFT JOIN cls ON cls.concept_id = d.drug_concept_id;
 
-        CREATE OR REPLACE TEMP TABLE _fs_i AS
-        SELECT image_occurrence_id AS row_id, person_id,
-               coalesce(image_occurrence_datetime, CAST(image_occurrence_date AS TIMESTAMP)) AS ts,
-               image_study_uid, coalesce(modality_source_value, CAST(modality_concept_id AS VARCHAR)) AS modality,
-               manufacturer, manufacturer_model_name AS model
-        FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")} {on_or_after("image_occurrence_date")};
-
         CREATE OR REPLACE TEMP TABLE _fs_pay AS
         SELECT pp.person_id, pp.start_ts, pp.end_ts,
                coalesce(pc.concept_name, pp.payer_source_value, CAST(pp.payer_concept_id AS VARCHAR)) AS payer
         FROM _fs_pay0 pp
         LEFT JOIN {names} pc ON pc.concept_id = pp.payer_concept_id AND pp.payer_concept_id <> 0;
     """)
+    _sparse(
+        con,
+        "_fs_i",
+        "image_occurrence",
+        at,
+        pf,
+        f"""
+        SELECT image_occurrence_id AS row_id, person_id,
+               coalesce(image_occurrence_datetime, CAST(image_occurrence_date AS TIMESTAMP)) AS ts,
+               image_study_uid, coalesce(modality_source_value, CAST(modality_concept_id AS VARCHAR)) AS modality,
+               manufacturer, manufacturer_model_name AS model
+        FROM omop.image_occurrence {at} {pf or "WHERE true"} {after("ts")} {on_or_after("image_occurrence_date")}""",
+    )
+
+
+def _sparse(con: duckdb.DuckDBPyConnection, name: str, table: str, at: str, pf: str, select: str) -> None:
+    """`CREATE TEMP TABLE name AS select` for a lake table that is often empty for the touched persons (imaging,
+    payer periods). Reading a DuckLake table costs ~2.5 ms per referenced column even when it has no rows
+    (measured), so a one-column probe decides first; with no rows, the (cached, empty) normalized table is
+    copied instead of binding every column of the lake table."""
+    template = f"_fs_tpl{name}"
+    con.execute("CREATE TEMP TABLE IF NOT EXISTS _fs_templates(name VARCHAR)")  # (duckdb_tables() binds the lake)
+    have = con.execute("SELECT count(*) FROM _fs_templates WHERE name = ?", [template]).fetchall()[0][0]
+    if have and not con.execute(f"SELECT count(*) FROM omop.{table} {at} {pf}").fetchall()[0][0]:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {template}")
+        return
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
+    if not have:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {template} AS SELECT * FROM {name} LIMIT 0")
+        con.execute("INSERT INTO _fs_templates VALUES (?)", [template])
 
 
 def _grid(

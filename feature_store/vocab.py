@@ -110,17 +110,19 @@ def ensure(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple
 
 
 def lookup_names(con: duckdb.DuckDBPyConnection, snap: int, ids_sql: str) -> None:
-    """Add to the name cache every concept id produced by `ids_sql` (one column) that was not looked up yet."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _fs_voc_new AS
-        SELECT DISTINCT id AS concept_id FROM ({ids_sql}) x(id)
-        WHERE id IS NOT NULL AND id NOT IN (SELECT concept_id FROM _fs_voc_seen)
-    """)
-    if con.execute("SELECT count(*) FROM _fs_voc_new").fetchall()[0][0]:
-        con.execute(f"""
-            INSERT INTO {NAME_TABLE}
-            SELECT concept_id, concept_name, domain_id FROM omop.concept AT (VERSION => {int(snap)})
-            WHERE concept_id IN (SELECT concept_id FROM _fs_voc_new);
-            INSERT INTO _fs_voc_seen SELECT concept_id FROM _fs_voc_new;
-        """)
-    con.execute("DROP TABLE IF EXISTS _fs_voc_new")
+    """Add to the name cache every concept id produced by `ids_sql` (one column) that was not looked up yet
+    (one query when there is nothing new, the usual case in a stream)."""
+    new = [
+        int(r[0])
+        for r in con.execute(
+            f"SELECT DISTINCT id FROM ({ids_sql}) x(id) WHERE id IS NOT NULL "
+            "AND id NOT IN (SELECT concept_id FROM _fs_voc_seen)"
+        ).fetchall()
+    ]
+    if new:
+        con.execute(
+            f"INSERT INTO {NAME_TABLE} SELECT concept_id, concept_name, domain_id FROM omop.concept "
+            f"AT (VERSION => {int(snap)}) WHERE concept_id IN (SELECT unnest(?::BIGINT[]))",
+            [new],
+        )
+        con.execute("INSERT INTO _fs_voc_seen SELECT unnest(?::BIGINT[])", [new])
