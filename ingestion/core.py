@@ -252,8 +252,19 @@ class Ingestor:
 
         With an IssuerOfPatientID the identifier system must match too (the issuer as the system, or `urn:oid:` +
         issuer); without one, any FHIR Patient identifier with that value matches (DICOM often carries no issuer)."""
+        person, hashes = self._person_lookup(patient_id, issuer)
+        for h in hashes:
+            self.state.record_fallback(h, person)
+        return person
+
+    def _peek_person(self, patient_id: str | None, issuer: str | None = None) -> str:
+        """What `resolve_person` would answer now, without recording a fallback person."""
+        return self._person_lookup(patient_id, issuer)[0]
+
+    def _person_lookup(self, patient_id: str | None, issuer: str | None) -> tuple[str, list[str]]:
+        """(person, identifier hashes to record the fallback person under; empty when the index knew the person)."""
         if patient_id is None or not patient_id.strip():
-            return self.pseudo.person("careloop:unknown-patient")
+            return self.pseudo.person("careloop:unknown-patient"), []
         if issuer:
             systems = [issuer] + ([f"urn:oid:{issuer}"] if re.fullmatch(r"[0-9.]+", issuer) else [])
             hashes = [self.pseudo.identifier(s, patient_id) for s in systems]
@@ -263,11 +274,8 @@ class Ingestor:
         for h in hashes:
             person = self.state.person_for_identifier(h)
             if person is not None:
-                return person
-        person = self.pseudo.person(fallback)
-        for h in hashes:
-            self.state.record_fallback(h, person)
-        return person
+                return person, []
+        return self.pseudo.person(fallback), hashes
 
     def flush(self) -> None:
         with self._lock:
@@ -449,8 +457,8 @@ class Ingestor:
             self._pool = WorkerPool(self._workers, pseudo_key=self.pseudo._key,
                                     max_shift_days=self.pseudo.max_shift_days,
                                     vault_key=load_key(self.settings, "vault"), vault_path=str(self.vault.path),
-                                    options=self.options,
-                                    max_message_bytes=self.settings.max_message_bytes)  # fmt: skip
+                                    options=self.options, max_message_bytes=self.settings.max_message_bytes,
+                                    settings=self.settings)  # fmt: skip
         return self._pool
 
     def warm_up(self) -> None:
@@ -578,44 +586,150 @@ class Ingestor:
         return _Item(out, "fhir", Event(key=person or pid, value=value, headers=headers), raw, "gateway",
                      headers.event_type)  # fmt: skip
 
-    def _dicom_item(self, data: bytes) -> _Item:
-        from ingestion.dicom import DicomDeidOptions, DicomRejected, ObjectStore, deidentify_dicom, dicom_event_value
-
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        event_id = str(event_id_for(self.source, digest))
+    def _dicom_setup(self) -> tuple[Any, Any]:
         if self._dicom is None:
+            from ingestion.dicom import DicomDeidOptions, ObjectStore
+
             self._dicom = (DicomDeidOptions(retain_modified_dates=self.settings.deid_shift_dates),
                            ObjectStore(self.settings))  # fmt: skip
-        options, store = self._dicom
-        prior = self.state.seen([event_id]).get(event_id)
-        if prior is not None:
-            out = Outcome(status="duplicate", event_id=event_id, resource_type="DICOM", resource_id=prior[1],
-                          person=prior[2], http_status=200)  # fmt: skip
-            return _Item(out, "dicom")
+        return self._dicom
+
+    def _dicom_item(self, data: bytes, event_id: str | None = None, *, check_seen: bool = True) -> _Item:
+        from ingestion.dicom import DicomRejected, deidentify_dicom, dicom_event_value
+
+        if event_id is None:
+            event_id = str(event_id_for(self.source, "sha256:" + hashlib.sha256(data).hexdigest()))
+        options, store = self._dicom_setup()
+        if check_seen:
+            prior = self.state.seen([event_id]).get(event_id)
+            if prior is not None:
+                return self._dicom_duplicate(event_id, prior)
         try:
             result = deidentify_dicom(data, self.pseudo, self.resolve_person, options)
         except DicomRejected as err:
-            rej = Rejection(err.error_class, err.reason, 422, "deid")
-            item = self._reject(rej, data, "DICOM", None, event_id)
-            item.extra = {"sop_class_uid": err.sop_class_uid, "failure_reason": err.failure_reason}
-            return item
+            return self._dicom_rejected(event_id, data, err.error_class, err.reason, err.sop_class_uid,
+                                        err.failure_reason)  # fmt: skip
         except Exception as err:  # never crash on a DICOM file; the reason names only the error type
-            rej = Rejection("deidentification_failed", f"DICOM de-identification failed: {type(err).__name__}", 422,
-                            "deid")  # fmt: skip
-            item = self._reject(rej, data, "DICOM", None, event_id)
-            item.extra = {"failure_reason": 0x0110}
-            return item
-        uri = store.put(result.dataset_bytes, result.sha256)
+            reason = f"DICOM de-identification failed: {type(err).__name__}"
+            return self._dicom_rejected(event_id, data, "deidentification_failed", reason, None, 0x0110)
+        uri = store.put(result.dataset_bytes, result.sha256, verified=True)
         value = dicom_event_value(result, uri)
-        headers = EventHeaders(event_id=event_id, event_type="dicom.instance", source_system=self.source,
-                               site=self.site, occurred_at=result.occurred_at or utcnow(),
-                               content_hash=content_hash(value))  # fmt: skip
-        out = Outcome(status="accepted", event_id=event_id, resource_type="DICOM", resource_id=result.sop_instance_uid,
-                      person=result.person, http_status=200, topic=self.settings.topic("dicom"))  # fmt: skip
-        item = _Item(out, "dicom", Event(key=result.person, value=value, headers=headers), data, "deid",
-                     "dicom.instance")  # fmt: skip
-        item.extra = {"sop_class_uid": result.sop_class_uid}
+        return self._dicom_accepted(event_id, value, result.person, result.sop_instance_uid, result.sop_class_uid,
+                                    result.occurred_at, content_hash(value), data)  # fmt: skip
+
+    def _dicom_duplicate(self, event_id: str, prior: tuple[str | None, str | None, str | None]) -> _Item:
+        out = Outcome(status="duplicate", event_id=event_id, resource_type="DICOM", resource_id=prior[1],
+                      person=prior[2], http_status=200)  # fmt: skip
+        return _Item(out, "dicom")
+
+    def _dicom_rejected(self, event_id: str, data: bytes, error_class: str, reason: str, sop_class_uid: str | None,
+                        failure_reason: int, sealed: str | None = None) -> _Item:  # fmt: skip
+        item = self._reject(Rejection(error_class, reason, 422, "deid"), data, "DICOM", None, event_id)
+        item.extra = {"sop_class_uid": sop_class_uid, "failure_reason": failure_reason}
+        if sealed is not None:
+            item.sealed, item.raw = sealed, None
         return item
+
+    def _dicom_accepted(self, event_id: str, value: dict[str, Any], person: str, sop_instance_uid: str | None,
+                        sop_class_uid: str | None, occurred_at: Any, digest: str, data: bytes | None,
+                        sealed: str | None = None) -> _Item:  # fmt: skip
+        headers = EventHeaders(event_id=event_id, event_type="dicom.instance", source_system=self.source,
+                               site=self.site, occurred_at=occurred_at or utcnow(), content_hash=digest)  # fmt: skip
+        out = Outcome(status="accepted", event_id=event_id, resource_type="DICOM", resource_id=sop_instance_uid,
+                      person=person, http_status=200, topic=self.settings.topic("dicom"))  # fmt: skip
+        item = _Item(out, "dicom", Event(key=person, value=value, headers=headers), data, "deid",
+                     "dicom.instance")  # fmt: skip
+        item.extra = {"sop_class_uid": sop_class_uid}
+        item.sealed = sealed
+        return item
+
+    # -- DICOM batches through the workers ------------------------------------------------------------------------
+    def submit_dicoms(self, files: Iterable[bytes], *, batch_size: int = 0) -> Iterator[Outcome]:
+        """Many DICOM files, one outcome each, in order; results equal `submit_dicom` one by one.
+
+        The workers de-identify batch k+1 while this process vaults, publishes and records batch k. What needs this
+        process's state stays here: the seen-store, the person resolution (identity index), Kafka and lineage.
+        `batch_size` 0: 4 files per worker (at least 8)."""
+        size = batch_size or max(8, 4 * max(self._workers, 1))
+        prev: Any = None
+        batch: list[bytes] = []
+        for data in files:
+            batch.append(data)
+            if len(batch) < size:
+                continue
+            with self._lock:
+                cur = self._start_dicoms(batch)
+            batch = []
+            if prev is not None:
+                yield from self._complete_dicoms(prev)
+            prev = cur
+        if batch:
+            with self._lock:
+                cur = self._start_dicoms(batch)
+            if prev is not None:
+                yield from self._complete_dicoms(prev)
+            prev = cur
+        if prev is not None:
+            yield from self._complete_dicoms(prev)
+
+    def _start_dicoms(self, files: list[bytes]) -> tuple[list[Any], list[Any], Any]:
+        """Hash, look up the seen-store, resolve persons without side effects, hand the new files to the workers."""
+        from ingestion.dicom.deid import peek_patient
+
+        eids = [str(event_id_for(self.source, "sha256:" + hashlib.sha256(d).hexdigest())) for d in files]
+        prior = self.state.seen(eids) if self.publish else {}
+        slots: list[Any] = []
+        work: list[tuple[str, bytes, str | None, str | None, str | None]] = []
+        for data, eid in zip(files, eids, strict=True):
+            if eid in prior:
+                slots.append(("dup", eid, prior[eid]))
+                continue
+            keys = peek_patient(data)
+            person = self._peek_person(*keys) if keys is not None else None
+            slots.append(("new", eid, data, keys, person))
+            work.append((eid, data, *(keys or (None, None)), person))
+        pool = self._worker_pool(MIN_POOL_INPUT if len(work) >= 2 else 0)
+        futures = pool.submit_dicom(work) if pool is not None and work else None
+        return slots, work, futures
+
+    def _complete_dicoms(self, started: tuple[list[Any], list[Any], Any]) -> list[Outcome]:
+        slots, work, futures = started
+        results: list[Any] = []
+        if futures is not None:
+            for fut, n in futures:
+                try:
+                    results.extend(fut.result())
+                except Exception:  # a broken worker: that chunk runs in-process
+                    results.extend([None] * n)
+        by_eid = dict(zip((w[0] for w in work), results, strict=False))
+        with self._lock:
+            items = []
+            for slot in slots:
+                if slot[0] == "dup":
+                    items.append(self._dicom_duplicate(slot[1], slot[2]))
+                    continue
+                _, eid, data, _keys, person = slot
+                items.append(self._dicom_from_worker(eid, data, person, by_eid.get(eid)))
+            self._commit(items)
+            return [i.outcome for i in items]
+
+    def _dicom_from_worker(self, eid: str, data: bytes, person: str | None, r: Any) -> _Item:
+        """A worker's result -> item, replaying the person resolution here; anything unexpected runs in-process."""
+        if r is None or r[0] == "main":
+            return self._dicom_item(data, eid, check_seen=False)
+        called = r[5] if r[0] == "rej" else r[7]
+        if called is not None:
+            pid, issuer = called
+            resolved = self.resolve_person(pid, issuer=issuer) if issuer else self.resolve_person(pid)
+            if resolved != person:  # the identity index changed since the batch started: redo it here
+                return self._dicom_item(data, eid, check_seen=False)
+        if r[0] == "rej":
+            _, error_class, reason, sop_class_uid, failure_reason, _called, sealed = r
+            return self._dicom_rejected(eid, data, error_class, reason, sop_class_uid, failure_reason, sealed)
+        _, value, person, sop_instance_uid, sop_class_uid, occurred_at, deidentified, _called, sealed = r
+        value["uri"] = self._dicom_setup()[1].put(deidentified, value["sha256"], verified=True)
+        return self._dicom_accepted(eid, value, person, sop_instance_uid, sop_class_uid, occurred_at,
+                                    content_hash(value), None, sealed)  # fmt: skip
 
     def _reject(self, rej: Rejection, raw: bytes, rtype: str | None, pid: str | None,
                 event_id: str | None = None) -> _Item:  # fmt: skip

@@ -36,6 +36,8 @@ MAIN = ("main",)
 Result = tuple[Any, ...]
 _env: Env | None = None
 _vault: Any = None
+_dicom: Any = None  # DicomDeidOptions, made on the first DICOM chunk
+_settings: Any = None
 
 
 def preload() -> None:
@@ -48,8 +50,9 @@ def preload() -> None:
 
 
 def _init(pseudo_key: bytes, max_shift_days: int, vault_key: bytes, vault_path: str, options: tuple[bool, bool, bool],
-          max_message_bytes: int) -> None:  # fmt: skip
-    global _env, _vault
+          max_message_bytes: int, settings: Any = None) -> None:  # fmt: skip
+    global _env, _vault, _settings
+    _settings = settings
     from pathlib import Path
 
     from ingestion.core import CachingPseudonymizer
@@ -104,11 +107,61 @@ def process_chunk(payload: bytes) -> list[Result]:
     return out
 
 
+class _NeedsMain(Exception):
+    """The file's patient is not the one the main process resolved in advance: the main process redoes it."""
+
+
+def process_dicom_chunk(files: list[tuple[str, bytes, str | None, str | None, str | None]]) -> list[Result]:
+    """files: [(event_id, data, patient_id, issuer, person)], the patient as the main process read it (`peek_patient`)
+    and the person it resolved for it (None: unknown) -> per file ("ok", ...), ("rej", ...) or MAIN.
+
+    The original goes to the vault here (durable before the results go back); the de-identified file goes back to
+    the main process, which stores it only once the person is confirmed (no orphan objects). The main process replays the person resolution (its side effects on the identity index) with the
+    patient keys returned in `called`, exactly where the in-process path would have made it."""
+    global _dicom
+    assert _env is not None and _settings is not None
+    from ingestion.dicom import DicomDeidOptions, DicomRejected, deidentify_dicom, dicom_event_value
+
+    if _dicom is None:
+        _dicom = DicomDeidOptions(retain_modified_dates=_settings.deid_shift_dates)
+    options = _dicom
+    out: list[Result] = []
+    for event_id, data, patient_id, issuer, person in files:
+        called: list[tuple[str | None, str | None]] = []
+
+        def resolve(pid: str | None, issuer: str | None = None, _hint: Any = (patient_id, issuer, person),
+                    _called: list[Any] = called) -> str:  # fmt: skip
+            if _hint[2] is None or (pid, issuer) != (_hint[0], _hint[1]):
+                raise _NeedsMain
+            _called.append((pid, issuer))
+            return _hint[2]
+
+        try:
+            result = deidentify_dicom(data, _env.pseudo, resolve, options)
+        except _NeedsMain:
+            out.append(MAIN)
+            continue
+        except DicomRejected as err:
+            sealed = _vault.put(event_id, data)
+            out.append(("rej", err.error_class, err.reason, err.sop_class_uid, err.failure_reason,
+                        called[0] if called else None, sealed))  # fmt: skip
+            continue
+        except Exception:  # an unexpected bug: let the main process run (and report) it
+            out.append(MAIN)
+            continue
+        value = dicom_event_value(result, "")  # the main process stores the file and sets the uri
+        sealed = _vault.put(event_id, data)
+        out.append(("ok", value, result.person, result.sop_instance_uid, result.sop_class_uid, result.occurred_at,
+                    result.dataset_bytes, called[0] if called else None, sealed))  # fmt: skip
+    _vault.flush()
+    return out
+
+
 class WorkerPool:
     """`submit(urls, persons, items)` -> futures of result lists, one per chunk; `close()` stops the workers."""
 
     def __init__(self, workers: int, *, pseudo_key: bytes, max_shift_days: int, vault_key: bytes, vault_path: str,
-                 options: FhirDeidOptions, max_message_bytes: int) -> None:  # fmt: skip
+                 options: FhirDeidOptions, max_message_bytes: int, settings: Any = None) -> None:  # fmt: skip
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
@@ -117,7 +170,7 @@ class WorkerPool:
         self._pool = ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init,
             initargs=(pseudo_key, max_shift_days, vault_key, vault_path,
-                      (options.shift_dates, options.keep_zip3, options.keep_state), max_message_bytes),
+                      (options.shift_dates, options.keep_zip3, options.keep_state), max_message_bytes, settings),
         )  # fmt: skip
         with _main_module_hidden():  # start every worker now, without re-running the caller's __main__ in it
             futs = [self._pool.submit(os.getpid) for _ in range(workers)]
@@ -136,6 +189,15 @@ class WorkerPool:
             payload = orjson.dumps({"urls": urls, "persons": persons, "items": chunk})
             out.append((self._pool.submit(process_chunk, payload), len(chunk)))
         return out
+
+    def submit_dicom(
+        self, files: list[tuple[str, bytes, str | None, str | None, str | None]]
+    ) -> list[tuple[Future[Any], int]]:
+        """DICOM files in small chunks (a file is ~10-40 ms of work): two chunks per worker so none idles at the end."""
+        n = len(files)
+        size = max(1, -(-n // (2 * self.workers)))
+        return [(self._pool.submit(process_dicom_chunk, files[s : s + size]), len(files[s : s + size]))
+                for s in range(0, n, size)]  # fmt: skip
 
     def warm_up(self) -> None:
         """Wait until every worker is up (they start with the pool)."""

@@ -85,10 +85,9 @@ def deidentify_dicom(
             "BurnedInAnnotation (0028,0301) is YES: pixel data may show identifying text; quarantined",
             sop_class_uid=sop_class,
         )
-    original_id = str(ds.get("PatientID") or "").strip() or None
-    issuer = str(ds.get("IssuerOfPatientID") or "").strip() or None
+    original_id, issuer = patient_keys(ds)
     # with an issuer (0010,0021) the match respects the identifier system; without one it is by value only
-    person = resolve_person(original_id, issuer=issuer) if issuer and original_id else resolve_person(original_id)
+    person = resolve_person(original_id, issuer=issuer) if issuer else resolve_person(original_id)
     ctx = _Context(
         options=options,
         pseudonymizer=pseudonymizer,
@@ -128,6 +127,33 @@ def deidentify_dicom(
             f"an attribute value cannot be represented in the DICOM JSON model ({type(err).__name__})",
             sop_class_uid=sop_class,
         ) from None
+
+
+def patient_keys(ds: Dataset) -> tuple[str | None, str | None]:
+    """(PatientID, IssuerOfPatientID) as the person resolution sees them; the issuer only with a PatientID."""
+    original_id = str(ds.get("PatientID") or "").strip() or None
+    issuer = str(ds.get("IssuerOfPatientID") or "").strip() or None
+    return original_id, issuer if original_id else None
+
+
+def peek_patient(data: bytes) -> tuple[str | None, str | None] | None:
+    """The patient keys of a payload without de-identifying it (for resolving the person before the work is handed
+    to a worker process); None when they cannot be read cheaply (the worker then hands the file back)."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from ingestion.dicom.read import quiet_pydicom
+
+    quiet_pydicom()
+    tags = [0x00080005, PATIENT_ID, 0x00100021]
+    try:
+        try:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
+        except InvalidDicomError:
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags, force=True)
+        return patient_keys(ds)
+    except Exception:
+        return None
 
 
 # -- the element walk ---------------------------------------------------------------------------------------------
