@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _quiet_third_party_logs(verbose: bool) -> None:
-    """Beam, Feast and kafka-python log import-time and socket-close chatter at WARNING/ERROR that is not actionable
+    """Beam, Feast and Kafka clients log import-time and socket-close chatter at WARNING/ERROR that is not actionable
     for an operator; careloop's own loggers keep the configured level. `--verbose` shows everything."""
     import logging
 

@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -153,25 +153,26 @@ class LineageWriter:
             r["run_id"], r["recorded_at"] = self.run_id, now
         self._extend("ingest_events", rows)
 
-    def edge_rows(self, edges: list[tuple[str, str, str, str, str]]) -> None:
-        """Many attribute-less edges (src_kind, src_id, dst_kind, dst_id, relation) at once."""
+    def edge_rows(self, edges: Sequence[tuple[Any, ...]]) -> None:
+        """Many edges at once: (src_kind, src_id, dst_kind, dst_id, relation[, attrs]) — the bulk form of `edge`."""
         if not edges:
             return
         now = utcnow()
+        run_id = self.run_id
         self._extend(
             "edges",
             [
                 {
-                    "run_id": self.run_id,
-                    "src_kind": a,
-                    "src_id": b,
-                    "dst_kind": c,
-                    "dst_id": d,
-                    "relation": rel,
+                    "run_id": run_id,
+                    "src_kind": e[0],
+                    "src_id": e[1],
+                    "dst_kind": e[2],
+                    "dst_id": e[3],
+                    "relation": e[4],
                     "recorded_at": now,
-                    "attrs": None,
+                    "attrs": _json(e[5]) if len(e) > 5 else None,
                 }
-                for a, b, c, d, rel in edges
+                for e in edges
             ],
         )
 

@@ -288,8 +288,7 @@ class LakeWriter:
              "recorded_at": now} for t, n in skipped_types.items()])  # fmt: skip
         if lineage is not None:
             lineage.max_buffer = max(lineage.max_buffer, 1 << 40)  # never self-flush inside our transaction
-            for e in edges:
-                lineage.edge(*e)
+            lineage.edge_rows(edges)
             lineage.write_into(con)
         if status is not None:
             row = {**status, "batch_id": batch_id, "run_id": run_id, "committed_at": utcnow(),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -24,6 +26,14 @@ def _init(codes: dict[Any, Any], units: dict[str, int]) -> None:
     global _VOCAB
     _VOCAB = Vocabulary(codes, units)
     gc.freeze()  # the vocabulary and the imported modules are permanent: the collector need not walk them
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A stream process killed with SIGKILL cannot stop its workers: they notice the re-parenting and exit."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def _map_file(path: str, out_dir: str, chunk: int) -> list[str]:

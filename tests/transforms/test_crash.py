@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from careloop.duck import connect
@@ -114,13 +115,18 @@ def test_sigkill_at_random_points_then_restart_gives_the_exact_lake(stream_setti
     env = dict(os.environ, TMPDIR=str(tmp_path))
     rng = random.Random(11)
     kills = 0
+    orphans: list[psutil.Process] = []
     for _ in range(3):
         proc = stream_proc(env)
         time.sleep(rng.uniform(4.0, 12.0))
         if proc.poll() is None:
+            orphans.extend(psutil.Process(proc.pid).children(recursive=True))  # its mapping worker
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=30)
+    # a SIGKILLed stream cannot stop its mapping worker: the worker notices and exits by itself
+    _, alive = psutil.wait_procs(orphans, timeout=15)
+    assert not alive, f"mapping workers outlived their killed stream process: {alive}"
     # SIGTERM: finishes its batch and exits cleanly
     proc = stream_proc(env)
     time.sleep(8)
