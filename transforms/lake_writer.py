@@ -76,6 +76,8 @@ def _ts(value: Any) -> datetime | None:
 
 
 def _rank(vid: Any) -> int | None:
+    if vid is None:  # the common case: no versionId (raising and catching would cost more than the whole check)
+        return None
     try:
         return int(str(vid))
     except (TypeError, ValueError):
