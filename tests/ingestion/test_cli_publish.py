@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -129,3 +131,52 @@ def test_gateway_command_serves_http(settings: Settings) -> None:
         proc.wait(timeout=30)
     events = read_topic(settings, "fhir")
     assert len(events) == 1 and events[0].headers.source_system == "live"
+
+
+def _by_source(settings: Settings, topic: str, source: str) -> list[Any]:
+    return [e for e in read_topic(settings, topic) if e.headers.source_system == source]
+
+
+def test_publish_mixed_fhir_files_pipelined_equals_in_process(
+    settings: Settings, tmp_path: Path, hl7_dir: Path, synthea_dir: Path
+) -> None:
+    """Bundle runs (pipelined through the workers) broken by a single resource, an NDJSON file and a non-JSON file:
+    the same counts, reasons and events as everything in-process, file by file."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    small = sorted((p for p in synthea_dir.glob("*.json") if not p.name.startswith(("practitioner", "hospital"))),
+                   key=lambda p: p.stat().st_size)[:2]  # fmt: skip
+    (folder / "a1.json").write_bytes(small[0].read_bytes())
+    (folder / "a2.json").write_bytes((hl7_dir / "bundle-transaction.json").read_bytes())
+    (folder / "b.json").write_bytes((hl7_dir / "observation-example.json").read_bytes())
+    (folder / "c.json").write_bytes(small[1].read_bytes())
+    (folder / "d.ndjson").write_bytes((hl7_dir / "patient-example.json").read_bytes().replace(b"\n", b"") + b"\n{x\n")
+    (folder / "e.json").write_bytes(b"not json")
+    (folder / "f.json").write_bytes(small[0].read_bytes())  # the same Bundle again: duplicates
+    runner = CliRunner()
+    results = {}
+    for source, workers in (("mixed-in-process", "0"), ("mixed-pooled", "2")):
+        r = runner.invoke(app, ["publish", "fhir", str(folder), "--source", source, "--workers", workers])
+        assert r.exit_code == 0, r.output
+        reasons = sorted(line for line in r.output.splitlines() if "│" in line and "error class" not in line)
+        events = sorted((str(e.key), orjson.dumps(e.value, option=orjson.OPT_SORT_KEYS))
+                        for e in _by_source(settings, "fhir", source) if "lastUpdated" not in str(e.value))  # fmt: skip
+        results[source] = (_summary(r.output), reasons, events, len(_by_source(settings, "deadletter", source)))
+    assert results["mixed-in-process"] == results["mixed-pooled"]
+    files, accepted, dups, rejected = results["mixed-pooled"][0]
+    assert files == 7 and accepted > 100 and dups >= 50 and rejected >= 2
+    assert results["mixed-pooled"][3] == rejected
+
+
+def test_publish_dicom_workers_option(settings: Settings, dicom_dir: Path) -> None:
+    runner = CliRunner()
+    pooled = runner.invoke(app, ["publish", "dicom", str(dicom_dir), "--source", "pacs-w", "--workers", "2"])
+    single = runner.invoke(app, ["publish", "dicom", str(dicom_dir), "--source", "pacs-0", "--workers", "0"])
+    assert pooled.exit_code == 0 and single.exit_code == 0, pooled.output + single.output
+    assert _summary(pooled.output) == _summary(single.output)
+    assert "burned" in pooled.output.lower() or "truncated" in pooled.output.lower()
+    assert len(_by_source(settings, "dicom", "pacs-w")) == _summary(pooled.output)[1]
+    strict = runner.invoke(app, ["publish", "dicom", str(dicom_dir), "--source", "pacs-s", "--strict"])
+    assert strict.exit_code == 2
+    bad = runner.invoke(app, ["publish", "dicom", str(dicom_dir), "--workers", "-1"])
+    assert bad.exit_code != 0
