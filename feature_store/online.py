@@ -173,6 +173,9 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
         # (serving) never block this writer. Persistent in the file; Feast's reads are unaffected.
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            # a batch rewrites rows all over each view's table: with SQLite's default 2 MB page cache most of
+            # its pages are re-read every batch (measured: 64 MB halves the upsert time at 465 persons)
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except sqlite3.OperationalError:
             pass  # another connection holds the file right now; try again next batch
         else:
@@ -190,6 +193,7 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
 # oneof member is always serialized, 0.0 included. 5x cheaper than building the message (tested equal to Feast).
 _double = struct.Struct("<Bd").pack
 UPSERT_ROWS = 5000  # rows per statement
+CACHE_KIB = 64 * 1024  # SQLite page cache of the online store's connection
 # Feast's SQLite upsert (same columns and conflict rule). One multi-row statement of literals per chunk instead of
 # `executemany`: parameter binding was most of the cost (measured 1.7 vs 2.8 us/row multi-row with parameters,
 # 7.8 with executemany).
