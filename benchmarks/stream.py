@@ -145,8 +145,8 @@ def main() -> None:
         first_events: list[float] = []
         orig_poll = StreamRunner._poll_batch
 
-        def timed_poll(self: Any, consumer: Any) -> Any:
-            evs = orig_poll(self, consumer)
+        def timed_poll(self: Any, *a: Any) -> Any:
+            evs = orig_poll(self, *a)
             if evs and not first_events:
                 first_events.append(time.monotonic())
             return evs
