@@ -188,7 +188,8 @@ def main() -> None:
             fresh_runner.hooks.append(feature_store.StreamFeatureHook(settings))
         fresh_runner.hooks.append(lambda c: latencies.extend(
             time.monotonic() - published.pop(eid) for eid in list(c_batch_ids) if eid in published))  # fmt: skip
-        th = threading.Thread(target=lambda: fresh_runner.run(until_idle=4), daemon=True)
+        fresh_summary: list[Any] = []
+        th = threading.Thread(target=lambda: fresh_summary.append(fresh_runner.run(until_idle=4)), daemon=True)
         # consume from the end: the fresh group starts at the earliest offset, so skip what the e2e phase published
         from careloop.kafka import EventConsumer
 
@@ -218,6 +219,10 @@ def main() -> None:
         fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": len(fevents),
                  "measured": len(latencies), "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
                  "max_s": max(latencies) if latencies else None}  # fmt: skip
+        if fresh_summary:  # where a batch's time went (medians over the batches of this phase)
+            tm = fresh_summary[0].timings
+            fresh["batches"] = len(tm)
+            fresh["batch_phase_median_ms"] = {k: percentile([t[k] for t in tm], 0.5) for k in (tm[0] if tm else {})}
         print(
             f"freshness at {args.rate:.0f}/s: p50 {fresh['p50_s']:.2f} s, p99 {fresh['p99_s']:.2f} s", file=sys.stderr
         )

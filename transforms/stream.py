@@ -69,6 +69,7 @@ class StreamSummary:
     dead_letters: int = 0
     seconds: float = 0.0
     stopped_by: str = "idle"
+    timings: list[dict[str, float]] = field(default_factory=list)  # per committed batch, for operators/benchmarks
 
     @property
     def events_per_s(self) -> float:
@@ -281,10 +282,12 @@ class StreamRunner:
         from transforms.pipeline import read_results
 
         events = flight.events
+        t_map = time.monotonic()
         try:
             results = flight.results if flight.results is not None else read_results(flight.future.result())
         finally:
             shutil.rmtree(flight.batch_dir, ignore_errors=True)
+        t_commit = time.monotonic()
         lag = consumer.lag()
         elapsed = time.monotonic() - flight.started
         outcome = writer.commit(results, run_id=run_id, lineage=lineage, status={
@@ -301,14 +304,21 @@ class StreamRunner:
             min_event_time=outcome.min_event_time, max_event_time=outcome.max_event_time,
             events=len(events), rows_written=outcome.rows_written, rows_by_table=outcome.rows_by_table,
             dead_letters=len(outcome.deadletters))  # fmt: skip
+        t_hooks = time.monotonic()
         self._run_hooks(commit)
         consumer.commit(flight.offsets())
+        t_end = time.monotonic()
         summary.batches += 1
         summary.events += len(events)
         summary.rows_written += outcome.rows_written
         summary.dead_letters += len(outcome.deadletters)
-        log.info("batch %d: %d events, %d rows, %.0f ms", summary.batches, len(events), outcome.rows_written,
-                 (time.monotonic() - flight.started) * 1000)  # fmt: skip
+        timing = {"events": len(events), "queued_ms": (t_map - flight.started) * 1000,
+                  "map_wait_ms": (t_commit - t_map) * 1000, "lake_commit_ms": (t_hooks - t_commit) * 1000,
+                  "hooks_ms": (t_end - t_hooks) * 1000, "total_ms": (t_end - flight.started) * 1000}  # fmt: skip
+        summary.timings.append(timing)
+        log.info("batch %d: %d events, %d rows; waited %.0f ms for the previous commit, %.0f ms for mapping; "
+                 "lake commit %.0f ms, hooks %.0f ms", summary.batches, len(events), outcome.rows_written,
+                 timing["queued_ms"], timing["map_wait_ms"], timing["lake_commit_ms"], timing["hooks_ms"])  # fmt: skip
 
     def _poll_batch(self, consumer: Any, oldest: _InFlight | None = None) -> list[RawRecord]:
         """Up to `batch_size` events, waiting at most `max_wait_ms` after the first; returns early once the oldest
