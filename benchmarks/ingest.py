@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/ingest.py --profile      # plus a cProfile breakdown of the pipeline
 
 Starts its own Tansu broker on a temporary home and stops it by PID. Writes benchmarks/results/ingest.json.
-The DICOM part compares `Ingestor.submit_dicom` (PS3.15 de-identification + object store + publish) against
-plain `pydicom.dcmread` of the same files.
+The DICOM part compares `Ingestor.submit_dicom` (file by file, in-process) and `Ingestor.submit_dicoms` (worker
+processes, pipelined) -- PS3.15 de-identification + object store + vault + publish -- against plain `pydicom.dcmread`
+of the same files in the same run (`--dicom-only` runs just that part).
 """
 
 from __future__ import annotations
@@ -149,41 +150,124 @@ def _profile_top(prof: cProfile.Profile) -> str:
     return buf.getvalue()
 
 
-def _dicom(settings: Any, rounds: int) -> dict[str, Any]:
+def _dcmread_all(files: list[bytes]) -> float:
     import pydicom
 
+    t = time.perf_counter()
+    for data in files:
+        with contextlib.suppress(Exception):  # the malformed samples: reading them is work for the baseline too
+            pydicom.dcmread(io.BytesIO(data))
+    return time.perf_counter() - t
+
+
+def _dicom(settings: Any, rounds: int) -> dict[str, Any]:
+    """DICOM files/s through the Ingestor (PS3.15 de-identification + object store + vault + publish + lineage)
+    against plain `pydicom.dcmread` of the same files, each pipeline run paired with a baseline run just before it.
+
+    Modes: `in_process` = `submit_dicom` file by file without workers (what the gateway's STOW-RS does per part);
+    `workers` = `submit_dicoms` (the batch path of `careloop publish dicom`: de-identification in the worker
+    processes, pipelined with this process's vault/publish/lineage)."""
     from ingestion import Ingestor
 
     files = [p.read_bytes() for p in sorted((DATA / "dicom").glob("*.dcm"))]
-    t = time.perf_counter()
-    for _ in range(rounds):
-        for data in files:
-            with contextlib.suppress(Exception):  # the malformed samples: reading them is work for the baseline too
-                pydicom.dcmread(io.BytesIO(data))
-    base = time.perf_counter() - t
-    accepted = 0
-    with Ingestor(settings, source_system="bench-dicom", ack_each_call=False) as ing:
-        ing.submit_dicom(files[0])  # warm-up: object store, producer, pydicom/dicognito imports
-        ing.flush()
-        t = time.perf_counter()
-        for i in range(rounds):
-            ing.source = f"bench-dicom-{i}"  # another source per round, so rounds are not duplicates
-            accepted += sum(ing.submit_dicom(d).status == "accepted" for d in files)
-        ing.flush()
-        elapsed = time.perf_counter() - t
+    out: dict[str, Any] = {"files_per_round": len(files), "rounds": rounds}
+    for mode, workers in (("in_process", 0), ("workers", None)):
+        base = pipe = cpu = 0.0
+        accepted = 0
+        with Ingestor(settings, source_system=f"bench-dicom-{mode}", ack_each_call=False, workers=workers) as ing:
+            ing.warm_up()
+            if mode == "workers":  # worker processes import pydicom and the Annex E table on their first files
+                ing.source = f"bench-dicom-{mode}-warm"
+                list(ing.submit_dicoms(files * 2))
+            else:
+                ing.submit_dicom(files[0])
+            ing.flush()
+            for i in range(rounds):
+                ing.source = f"bench-dicom-{mode}-{i}"  # another source per round, so rounds are not duplicates
+                base += _dcmread_all(files)
+                t, c = time.perf_counter(), time.process_time()
+                outs = list(ing.submit_dicoms(files)) if mode == "workers" else [ing.submit_dicom(d) for d in files]
+                ing.flush()
+                pipe += time.perf_counter() - t
+                cpu += time.process_time() - c
+                accepted += sum(o.status == "accepted" for o in outs)
+        n = rounds * len(files)
+        out[mode] = {"files": n, "accepted": accepted, "pydicom_dcmread_files_per_s": round(n / base, 1),
+                     "pipeline_files_per_s": round(n / pipe, 1), "ratio": round(base / pipe, 4),
+                     "main_process_cpu_ms_per_file": round(cpu / n * 1000, 2)}  # fmt: skip
+    out["workers"]["workers"] = _workers()
+    out["deid_phase_cpu_ms_per_file_single_threaded"] = _dicom_phases(files, rounds)
+    return out
+
+
+def _dicom_phases(files: list[bytes], rounds: int) -> dict[str, float]:
+    """Where de-identification spends its CPU, one file after another in this process (outermost calls only)."""
+    from ingestion.core import CachingPseudonymizer
+    from ingestion.dicom import DicomDeidOptions, DicomRejected, deid, read
+
+    phases = [(read, "_parse", "parse (dcmread)"), (read, "_convert_all", "decode + check every value"),
+              (read, "_check_pixel_data", "pixel data check"), (deid, "_clean", "Annex E element walk"),
+              (deid, "_stamp", "method attributes"), (deid, "_write", "Part 10 write"),
+              (deid, "metadata_json", "DICOM JSON metadata"), (deid, "occurred_at", "occurred_at"),
+              (deid, "acquisition_attributes", "acquisition attributes")]  # fmt: skip
+    spent: dict[str, float] = defaultdict(float)
+    depth: dict[str, int] = defaultdict(int)
+    restore = []
+    for module, name, label in phases:
+        original = getattr(module, name)
+
+        def timed(*a: Any, _f: Any = original, _l: str = label, **k: Any) -> Any:
+            depth[_l] += 1
+            t = time.process_time()
+            try:
+                return _f(*a, **k)
+            finally:
+                depth[_l] -= 1
+                if not depth[_l]:
+                    spent[_l] += time.process_time() - t
+
+        setattr(module, name, timed)
+        restore.append((module, name, original))
+    pseudo = CachingPseudonymizer(b"benchmark-key-0123456789abcdef01")
+    options = DicomDeidOptions()
+
+    def resolve(pid: str | None, issuer: str | None = None) -> str:
+        return pseudo.person(pid or "unknown")
+
+    try:
+        t = time.process_time()
+        for _ in range(rounds):
+            for data in files:
+                with contextlib.suppress(DicomRejected):
+                    deid.deidentify_dicom(data, pseudo, resolve, options)
+        total = time.process_time() - t
+    finally:
+        for module, name, original in restore:
+            setattr(module, name, original)
     n = rounds * len(files)
-    return {"files": n, "accepted": accepted, "pydicom_dcmread_files_per_s": round(n / base, 1),
-            "pipeline_files_per_s": round(n / elapsed, 1), "ratio": round(base / elapsed, 3)}  # fmt: skip
+    result = {k: round(v / n * 1000, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    result["total"] = round(total / n * 1000, 3)
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundles", type=int, default=12, help="number of Synthea files (0 = all)")
     ap.add_argument("--dicom-rounds", type=int, default=3)
+    ap.add_argument("--dicom-only", action="store_true", help="only the DICOM part (merged into an existing JSON)")
     ap.add_argument("--profile", action="store_true", help="profile the pipeline (slower; separate run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ingest.json")
     args = ap.parse_args()
 
+    if args.dicom_only:
+        with local_stack("ingest-dicom") as settings:
+            dicom = _dicom(settings, args.dicom_rounds)
+        previous = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
+        previous["dicom"] = dicom | {"load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(previous, option=orjson.OPT_INDENT_2))
+        print(orjson.dumps(previous["dicom"], option=orjson.OPT_INDENT_2).decode())
+        return
     with local_stack("ingest") as settings:
         files = sorted((DATA / "fhir" / "synthea_r4_bundles").glob("*.json"))
         files = files[: args.bundles] if args.bundles else files

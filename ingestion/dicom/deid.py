@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -71,8 +71,9 @@ def deidentify_dicom(
     options: DicomDeidOptions,
 ) -> DicomDeidResult:
     """De-identify one DICOM Part 10 payload, or raise `DicomRejected` (never anything else for bad input)."""
+    keep_raw: list[Any] = []
     try:
-        ds, transfer_syntax = read_dataset(data, options.max_bytes)
+        ds, transfer_syntax = read_dataset(data, options.max_bytes, keep_raw)
     except DicomRejected:
         raise
     except Exception as err:  # a reader bug on hostile input must still be a clean rejection
@@ -99,7 +100,7 @@ def deidentify_dicom(
         _clean(ds, ctx, depth=0)
         method = _stamp(ds, person, options)
         _finish_file_meta(ds, transfer_syntax)
-        out = _write(ds)
+        out = _write(ds, keep_raw)
     except DicomRejected:
         raise
     except Exception as err:  # a de-identification bug must reject, never pass data through
@@ -347,11 +348,64 @@ def _finish_file_meta(ds: Dataset, transfer_syntax: UID) -> None:
     ds.preamble = b"\x00" * 128
 
 
-def _write(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
+def _write(ds: Dataset, keep_raw: list[Any] | None = None) -> bytes:
+    """Part 10 bytes of the de-identified dataset.
+
+    Elements that de-identification left exactly as read (same element, same value object) and whose original bytes
+    mean the same in the output (same transfer syntax; binary, or ASCII text, even length) are written from their
+    original bytes: re-encoding them element by element was ~1/3 of the de-identification time. Every dataset of the
+    tree is marked as already in the output encoding so that pydicom does not convert them back first."""
     ts = ds.file_meta.TransferSyntaxUID
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian)
-    return buf.getvalue()
+    implicit, little = ts.is_implicit_VR, ts.is_little_endian
+    swapped = []
+    for d, tag, raw, elem, value in keep_raw or ():
+        if (
+            d._dict.get(tag) is elem
+            and elem.value is value
+            and d.original_encoding == (implicit, little)  # an item can have been read in another encoding
+            and _passes_raw(raw, elem)
+        ):
+            d._dict[tag] = raw
+            swapped.append((d, tag, elem))
+    if swapped:
+        _mark_encoding(ds, implicit, little, 0)
+    try:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
+        return buf.getvalue()
+    finally:
+        for d, tag, elem in swapped:
+            d._dict[tag] = elem
+
+
+_RAW_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
+_RAW_ASCII_VRS = frozenset({"AE", "AS", "CS", "DS", "IS", "TM", "DA", "DT", "UI", "SH", "LO"})
+
+
+def _passes_raw(raw: Any, elem: DataElement) -> bool:
+    if raw.VR is not None and raw.VR != elem.VR:
+        return False  # e.g. UN read as a known VR: re-encoded
+    value = raw.value
+    if not isinstance(value, bytes) or len(value) % 2 or raw.length == 0xFFFFFFFF:
+        return False
+    if elem.VR in _RAW_BINARY_VRS:
+        return True
+    # printable ASCII only: ISO 2022 (e.g. JIS) text is 7-bit too but switches character sets with ESC sequences
+    return elem.VR in _RAW_ASCII_VRS and _PRINTABLE_ASCII.fullmatch(value) is not None
+
+
+def _mark_encoding(ds: Dataset, implicit: bool, little: bool, depth: int) -> None:
+    """Declare the datasets of the tree read in the output encoding as already in the output character set (their
+    values are decoded or pass-through ASCII/binary); the others keep pydicom's conversion on write."""
+    if ds.original_encoding == (implicit, little):
+        ds.set_original_encoding(implicit, little, ds._character_set)
+    if depth > 32:
+        return
+    for elem in ds._dict.values():
+        if elem.VR == "SQ" and not isinstance(elem, RawDataElement):
+            for item in elem.value or ():
+                _mark_encoding(item, implicit, little, depth + 1)
 
 
 def metadata_json(ds: Dataset, max_bytes: int = METADATA_MAX_BYTES) -> dict[str, Any]:

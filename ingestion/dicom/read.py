@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -56,15 +57,18 @@ def _tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def read_dataset(data: bytes, max_bytes: int) -> tuple[Dataset, UID]:
-    """Parse and fully validate; return the dataset and the transfer syntax to write it with."""
+def read_dataset(data: bytes, max_bytes: int, keep_raw: list[Any] | None = None) -> tuple[Dataset, UID]:
+    """Parse and fully validate; return the dataset and the transfer syntax to write it with.
+
+    `keep_raw`: receives (dataset, tag, raw element, converted element, converted value) for every element, so that
+    a writer can put the original bytes back for elements that de-identification left as they were."""
     quiet_pydicom()
     if not data:
         raise DicomRejected("empty", "empty payload: no DICOM bytes")
     if len(data) > max_bytes:
         raise DicomRejected("too_large", f"payload of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     ds, salvaged = _parse(data)
-    _convert_all(ds)
+    _convert_all(ds, 0, keep_raw)
     sop_class = ds.get("SOPClassUID")
     transfer_syntax = _transfer_syntax(ds, salvaged, sop_class)
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
@@ -98,19 +102,23 @@ def _parse(data: bytes) -> tuple[FileDataset | Dataset, bool]:
     return ds, True
 
 
-def _convert_all(ds: Dataset, depth: int = 0) -> None:
+def _convert_all(ds: Dataset, depth: int = 0, keep_raw: list[Any] | None = None) -> None:
     """Touch every element so lazy conversion errors surface here; reject numbers that are not numbers."""
     if depth > 32:
         raise DicomRejected("malformed", "sequences nested deeper than 32 levels")
+    raw_of = ds._dict  # pydicom's element store: the raw (undecoded) element before `ds[tag]` converts it
     for tag in list(ds.keys()):
+        raw = raw_of.get(tag)
         try:
             elem = ds[tag]
             value = elem.value
         except Exception as err:
             raise DicomRejected("malformed", f"element {_tag(tag)} cannot be decoded ({type(err).__name__})") from None
+        if keep_raw is not None and isinstance(raw, RawDataElement):
+            keep_raw.append((ds, tag, raw, elem, value))
         if elem.VR == "SQ":
             for item in value or ():
-                _convert_all(item, depth + 1)
+                _convert_all(item, depth + 1, keep_raw)
         elif elem.VR in _NUMERIC_STRING_VRS and value not in (None, ""):
             _check_numeric(tag, elem.VR, value)
 
