@@ -116,8 +116,9 @@ def process_dicom_chunk(files: list[tuple[str, bytes, str | None, str | None, st
     and the person it resolved for it (None: unknown) -> per file ("ok", ...), ("rej", ...) or MAIN.
 
     The original goes to the vault here (durable before the results go back); the de-identified file goes back to
-    the main process, which stores it only once the person is confirmed (no orphan objects). The main process replays the person resolution (its side effects on the identity index) with the
-    patient keys returned in `called`, exactly where the in-process path would have made it."""
+    the main process, which stores it only once the person is confirmed (no orphan objects). The main process
+    replays the person resolution (its side effects on the identity index) with the patient keys returned in
+    `called`, exactly where the in-process path would have made it."""
     global _dicom
     assert _env is not None and _settings is not None
     from ingestion.dicom import DicomDeidOptions, DicomRejected, deidentify_dicom, dicom_event_value
