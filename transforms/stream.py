@@ -8,8 +8,10 @@ Order of effects per micro-batch, which is what makes a crash at any point safe:
   3. commit the lake transaction (rows, versions, DQ, lineage edges, status row) — idempotent on replay;
   4. publish dead letters (at-least-once: a replayed batch may publish a dead letter twice);
   5. run the `on_batch_committed` hooks (retried with backoff; a hook that keeps failing stops the runner
-     *before* the offsets are committed, so the batch is replayed after a restart);
-  6. commit the Kafka offsets.
+     *before* the offsets are committed, so the batch is replayed after a restart) — in a hook thread, so that
+     batch N's hooks (the feature push) run while batch N+1 is committed to the lake; hooks of consecutive
+     batches never overlap, and each batch's offsets wait for its own hooks;
+  6. commit the Kafka offsets of that batch.
 Kafka's source is consumed in Python because Beam's `ReadFromKafka` needs a Java expansion service (STACK.md);
 a deployment with Java can run the same PTransforms behind Beam's own Kafka IO.
 """
@@ -26,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -159,6 +162,8 @@ class StreamRunner:
                                                                 else map_workers)  # fmt: skip
         self._stop = threading.Event()
         self._producer: Any = None
+        self._hook_pool: ThreadPoolExecutor | None = None
+        self._pending_hooks: Any = None
         self._stop_reason = "idle"
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -192,6 +197,8 @@ class StreamRunner:
             log.warning("the vocabulary is empty: every code maps to concept 0 (run `careloop vocab load`)")
         self._vocab = vocab
         self._pool = MappingPool(vocab, self.map_workers) if self.map_workers else None
+        self._hook_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-hooks") if self.hooks else None
+        self._pending_hooks = None
         writer = LakeWriter(con)
         lineage = LineageWriter(self.settings, con=con, max_buffer=1 << 40)
         run_id = lineage.start_run(
@@ -222,6 +229,8 @@ class StreamRunner:
                 if max_batches is not None and polled >= max_batches:
                     self._stop_reason = "max_batches"
                     break
+                if self._pending_hooks is not None and self._pending_hooks[0].done():
+                    self._settle_hooks(consumer)  # idle or between batches: commit the last batch's offsets now
                 events = self._poll_batch(consumer, inflight[0] if inflight else None)
                 if events:
                     polled += 1
@@ -240,6 +249,7 @@ class StreamRunner:
                         break
             while inflight:  # stopping (signal, idle, max_batches): what was polled is committed, in order
                 finish_oldest()
+            self._settle_hooks(consumer)
             summary.stopped_by = self._stop_reason
         except BaseException as err:
             status = "failed"
@@ -247,6 +257,8 @@ class StreamRunner:
             raise
         finally:
             summary.seconds = time.monotonic() - started
+            if self._hook_pool is not None:  # a hook still running must not outlive the runner
+                self._hook_pool.shutdown(wait=True)
             closers = [consumer.close, *((self._producer.close,) if self._producer else ()),
                        *((self._pool.close,) if self._pool else ())]  # fmt: skip
             for closer in closers:
@@ -304,21 +316,40 @@ class StreamRunner:
             min_event_time=outcome.min_event_time, max_event_time=outcome.max_event_time,
             events=len(events), rows_written=outcome.rows_written, rows_by_table=outcome.rows_by_table,
             dead_letters=len(outcome.deadletters))  # fmt: skip
-        t_hooks = time.monotonic()
-        self._run_hooks(commit)
-        consumer.commit(flight.offsets())
-        t_end = time.monotonic()
         summary.batches += 1
         summary.events += len(events)
         summary.rows_written += outcome.rows_written
         summary.dead_letters += len(outcome.deadletters)
         timing = {"events": len(events), "queued_ms": (t_map - flight.started) * 1000,
-                  "map_wait_ms": (t_commit - t_map) * 1000, "lake_commit_ms": (t_hooks - t_commit) * 1000,
-                  "hooks_ms": (t_end - t_hooks) * 1000, "total_ms": (t_end - flight.started) * 1000}  # fmt: skip
+                  "map_wait_ms": (t_commit - t_map) * 1000,
+                  "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
         summary.timings.append(timing)
-        log.info("batch %d: %d events, %d rows; waited %.0f ms for the previous commit, %.0f ms for mapping; "
-                 "lake commit %.0f ms, hooks %.0f ms", summary.batches, len(events), outcome.rows_written,
-                 timing["queued_ms"], timing["map_wait_ms"], timing["lake_commit_ms"], timing["hooks_ms"])  # fmt: skip
+        log.info("batch %d: %d events, %d rows; waited %.0f ms for the previous commit, %.0f ms for mapping; lake "
+                 "commit %.0f ms", summary.batches, len(events), outcome.rows_written, timing["queued_ms"],
+                 timing["map_wait_ms"], timing["lake_commit_ms"])  # fmt: skip
+        # the previous batch's hooks ran while this batch was committed; its offsets go first, then this batch's
+        # hooks start (in their thread) and the next batch is committed meanwhile
+        self._settle_hooks(consumer)
+        if self._hook_pool is None:
+            consumer.commit(flight.offsets())
+        else:
+            self._pending_hooks = (self._hook_pool.submit(self._timed_hooks, commit, timing), flight.offsets())
+
+    def _timed_hooks(self, commit: BatchCommit, timing: dict[str, float]) -> None:
+        t = time.monotonic()
+        try:
+            self._run_hooks(commit)
+        finally:
+            timing["hooks_ms"] = (time.monotonic() - t) * 1000
+
+    def _settle_hooks(self, consumer: Any) -> None:
+        """Wait for the hooks of the last committed batch (re-raising `HookFailed`), then commit its offsets."""
+        pending, self._pending_hooks = self._pending_hooks, None
+        if pending is None:
+            return
+        future, offsets = pending
+        future.result()
+        consumer.commit(offsets)
 
     def _poll_batch(self, consumer: Any, oldest: _InFlight | None = None) -> list[RawRecord]:
         """Up to `batch_size` events, waiting at most `max_wait_ms` after the first; returns early once the oldest
