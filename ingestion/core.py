@@ -112,6 +112,7 @@ class Ingestor:
         self.ack_each_call = ack_each_call
         self._drained: list[Event] = []
         self._settled: list[tuple[_Item, str | None, Any]] = []  # sent (or kept), not yet acked and recorded
+        self._settles = 0  # how often _settle moved in-flight events to the seen-store
         self._inflight: dict[str, tuple[str | None, str | None, str | None]] = {}
         self._pool: Any = None
         from ingestion.workers import default_workers
@@ -164,16 +165,17 @@ class Ingestor:
 
     def _start_bundle(self, bundle: dict[str, Any] | bytes) -> tuple[Any, ...]:
         raw = bundle if isinstance(bundle, bytes) else None
+        settles = self._settles
         try:
             obj = parse_json(bundle) if isinstance(bundle, bytes) else bundle
-            return ("ok", self._prepare_bundle(obj))
+            return ("ok", self._prepare_bundle(obj), settles)
         except Rejection as r:
-            return ("rej", self._reject(r, raw if raw is not None else _dump(bundle), None, None))
+            return ("rej", self._reject(r, raw if raw is not None else _dump(bundle), None, None), settles)
 
     def _complete_bundle(self, started: tuple[Any, ...]) -> list[Outcome]:
         with self._lock:
             items = self._finish_bundle(started[1]) if started[0] == "ok" else [started[1]]
-            self._commit(items)
+            self._commit(items, recheck=started[2] != self._settles)
             return [i.outcome for i in items]
 
     def submit_ndjson(self, lines: Iterable[bytes], *, batch_size: int = 500) -> Iterator[Outcome]:
@@ -672,10 +674,11 @@ class Ingestor:
         if prev is not None:
             yield from self._complete_dicoms(prev)
 
-    def _start_dicoms(self, files: list[bytes]) -> tuple[list[Any], list[Any], Any]:
+    def _start_dicoms(self, files: list[bytes]) -> tuple[list[Any], list[Any], Any, int]:
         """Hash, look up the seen-store, resolve persons without side effects, hand the new files to the workers."""
         from ingestion.dicom.deid import peek_patient
 
+        settles = self._settles
         eids = [str(event_id_for(self.source, "sha256:" + hashlib.sha256(d).hexdigest())) for d in files]
         prior = self.state.seen(eids) if self.publish else {}
         slots: list[Any] = []
@@ -690,10 +693,10 @@ class Ingestor:
             work.append((eid, data, *(keys or (None, None)), person))
         pool = self._worker_pool(MIN_POOL_INPUT if len(work) >= 2 else 0)
         futures = pool.submit_dicom(work) if pool is not None and work else None
-        return slots, work, futures
+        return slots, work, futures, settles
 
-    def _complete_dicoms(self, started: tuple[list[Any], list[Any], Any]) -> list[Outcome]:
-        slots, work, futures = started
+    def _complete_dicoms(self, started: tuple[list[Any], list[Any], Any, int]) -> list[Outcome]:
+        slots, work, futures, settles = started
         results: list[Any] = []
         if futures is not None:
             for fut, n in futures:
@@ -710,7 +713,7 @@ class Ingestor:
                     continue
                 _, eid, data, _keys, person = slot
                 items.append(self._dicom_from_worker(eid, data, person, by_eid.get(eid)))
-            self._commit(items)
+            self._commit(items, recheck=settles != self._settles)
             return [i.outcome for i in items]
 
     def _dicom_from_worker(self, eid: str, data: bytes, person: str | None, r: Any) -> _Item:
@@ -740,15 +743,20 @@ class Ingestor:
         return _Item(out, "deadletter", None, raw, rej.stage, f"{rtype}.rejected" if rtype else "rejected")
 
     # -- committing a batch ------------------------------------------------------------------------------------
-    def _commit(self, items: list[_Item]) -> None:
+    def _commit(self, items: list[_Item], *, recheck: bool = False) -> None:
+        """`recheck`: the items were checked against the seen-store before an earlier batch settled (pipelined
+        paths), so what that batch published is no longer in flight but in the seen-store: look again."""
         if not items:
             return
         batch_ids: set[str] = set()
+        seen: Any = ()
+        if recheck and self.publish:
+            seen = self.state.seen([i.outcome.event_id for i in items if i.outcome.status == "accepted"])
         for i in items:
             if i.outcome.status != "accepted":
                 continue
             eid = i.outcome.event_id
-            if eid in batch_ids or eid in self._inflight:
+            if eid in batch_ids or eid in self._inflight or eid in seen:
                 i.outcome.status, i.outcome.http_status, i.event, i.outcome.topic = "duplicate", 200, None, None
                 i.wire = None
             batch_ids.add(eid)
@@ -826,6 +834,7 @@ class Ingestor:
         pending, self._settled = self._settled, []
         if not pending:
             return
+        self._settles += 1
         if self.producer is not None:
             try:
                 self.producer.flush()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from careloop.settings import Settings
 from ingestion import Ingestor, read_vault
@@ -95,3 +96,27 @@ def test_pipelined_bundles_and_ndjson_through_the_workers_on_a_broker(settings: 
         assert ing._pool is not None
     assert [o.status for o in nd] == ["accepted"] * 80 + ["rejected"]
     assert read_vault(settings, f"vault:{nd[7].event_id}") == lines[7]
+
+
+def test_pipelined_bundles_do_not_republish_what_an_earlier_bundle_settled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bundle k+1 is checked against the seen-store before Bundle k is published; when Bundle k's acks settle in
+    between (here after every batch), content the two share must still be a duplicate, not published twice."""
+    import ingestion.core
+
+    monkeypatch.setattr(ingestion.core, "SETTLE_EVERY", 1)
+    org = {"resourceType": "Organization", "id": "shared-org", "name": "General Hospital"}
+
+    def bundle(n: int) -> dict[str, Any]:
+        patient = {
+            "resourceType": "Patient",
+            "id": f"settle-{n}",
+            "managingOrganization": {"reference": "Organization/shared-org"},
+        }
+        return {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": org}, {"resource": patient}]}
+
+    with Ingestor(settings, source_system="settle", ack_each_call=False, workers=0) as ing:
+        outs = [o for b in ing.submit_bundles([bundle(n) for n in range(4)]) for o in b]
+    assert [o.status for o in outs] == ["accepted", "accepted"] + ["duplicate", "accepted"] * 3
+    assert len(read_topic(settings, "fhir")) == 5
