@@ -222,7 +222,9 @@ def main() -> None:
         if fresh_summary:  # where a batch's time went (medians over the batches of this phase)
             tm = fresh_summary[0].timings
             fresh["batches"] = len(tm)
-            fresh["batch_phase_median_ms"] = {k: percentile([t[k] for t in tm], 0.5) for k in (tm[0] if tm else {})}
+            for name, q in (("median", 0.5), ("p90", 0.9), ("max", 1.0)):
+                fresh[f"batch_phase_{name}_ms"] = {k: percentile([t[k] for t in tm if k in t], q) for k in
+                                                   (tm[0] if tm else {})}  # fmt: skip
         print(
             f"freshness at {args.rate:.0f}/s: p50 {fresh['p50_s']:.2f} s, p99 {fresh['p99_s']:.2f} s", file=sys.stderr
         )
