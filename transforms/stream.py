@@ -163,6 +163,8 @@ class StreamRunner:
                                                                 else map_workers)  # fmt: skip
         self._stop = threading.Event()
         self._producer: Any = None
+        self._pool: Any = None  # MappingPool while running
+        self._vocab: Any = None
         self._hook_pool: ThreadPoolExecutor | None = None
         self._pending_hooks: Any = None
         self._written: set[str] = set()  # OMOP tables this runner wrote (compacted round robin)
