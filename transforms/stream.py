@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from careloop.events import ConsumedEvent, DeadLetter, Event, EventHeaders, content_hash, utcnow
+from careloop.events import DeadLetter, Event, EventHeaders, content_hash, utcnow
 from careloop.kafka import RawRecord
 from careloop.settings import Settings
 
@@ -82,14 +82,6 @@ class StreamSummary:
 
 class HookFailed(RuntimeError):
     """A batch hook kept failing: offsets were not committed, the batch will be replayed."""
-
-
-def envelope(ev: ConsumedEvent) -> dict[str, Any]:
-    h = ev.headers
-    return {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset, "key": ev.key,
-            "headers": {"event_id": str(h.event_id), "event_type": h.event_type, "content_hash": h.content_hash,
-                        "occurred_at": h.occurred_at.isoformat(), "source_system": h.source_system, "site": h.site},
-            "value": ev.value}  # fmt: skip
 
 
 def envelope_line(rec: RawRecord) -> bytes:
