@@ -221,7 +221,6 @@ class EventConsumer:
         _check_reachable(self._consumer, self.bootstrap)
         self._consumer.subscribe(topics)
         self.last_seen: dict[tuple[str, int], int] = {}
-        self.highwater: dict[tuple[str, int], int] = {}
 
     def _consume(self, timeout_ms: int, max_records: int) -> list[Any]:
         msgs = self._consumer.consume(num_messages=max(1, max_records), timeout=max(0, timeout_ms) / 1000)
@@ -237,22 +236,8 @@ class EventConsumer:
             self.last_seen[(m.topic(), m.partition())] = m.offset()
         return out
 
-    def _watermarks(self) -> None:
-        from confluent_kafka import TopicPartition
-
-        for topic, partition in self.last_seen:
-            try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except Exception:
-                continue
-            if high is not None and high >= 0:
-                self.highwater[(topic, partition)] = high
-
     def poll(self, timeout_ms: int = 1000, max_records: int = 500) -> list[ConsumedEvent]:
-        out = [decode_record(m) for m in self._consume(timeout_ms, max_records)]
-        if out:
-            self._watermarks()
-        return out
+        return [decode_record(m) for m in self._consume(timeout_ms, max_records)]
 
     def poll_raw(self, timeout_ms: int = 1000, max_records: int = 500) -> list[RawRecord]:
         """Like `poll`, without validating headers or parsing values (the caller does that in bulk)."""
@@ -263,8 +248,6 @@ class EventConsumer:
             out.append(RawRecord(m.topic(), m.partition(), m.offset(), key.decode() if key is not None else None,
                                  m.value(), {k: v.decode() for k, v in (m.headers() or []) if v is not None},
                                  ts if ts_type else None))  # fmt: skip
-        if out:
-            self._watermarks()
         return out
 
     def __iter__(self) -> Iterator[ConsumedEvent]:
@@ -275,8 +258,19 @@ class EventConsumer:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Lag from fetched high-watermarks (Tansu's end_offsets is wrong; STACK.md)."""
-        return {tp: max(0, hw - self.last_seen.get(tp, -1) - 1) for tp, hw in self.highwater.items()}
+        """Lag of the partitions consumed so far, from the high-watermarks librdkafka cached with its last fetch
+        (no broker round trip; Tansu's end_offsets is wrong anyway, STACK.md)."""
+        from confluent_kafka import TopicPartition
+
+        out: dict[tuple[str, int], int] = {}
+        for (topic, partition), seen in self.last_seen.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except Exception:
+                continue
+            if high is not None and high >= 0:
+                out[(topic, partition)] = max(0, high - seen - 1)
+        return out
 
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Commit synchronously (the caller's sink is durable): the positions of everything consumed so far, or the

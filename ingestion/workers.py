@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from careloop.memory import gc_paused
 from ingestion.fhir_deid import FhirDeidOptions, RefIndex, needs_main
 from ingestion.fhir_item import Accepted, Env, NeedsMain, Rejected, process_resource, validate_all
 
@@ -69,12 +70,9 @@ def _init(pseudo_key: bytes, max_shift_days: int, vault_key: bytes, vault_path: 
 
 
 def process_chunk(payload: bytes) -> list[Result]:
-    """Cyclic GC is paused for the chunk (see `_process_chunk`)."""
-    gc.disable()
-    try:
+    """Cyclic GC is paused for the chunk (`careloop.memory.gc_paused`)."""
+    with gc_paused():
         return _process_chunk(payload)
-    finally:
-        gc.enable()
 
 
 def _process_chunk(payload: bytes) -> list[Result]:

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from careloop.memory import gc_paused
 from transforms.vocab import Vocabulary
 
 _VOCAB: Vocabulary | None = None
@@ -40,11 +41,8 @@ def _map_file(path: str, out_dir: str, chunk: int) -> list[str]:
     from transforms.pipeline import run_batch_file
 
     assert _VOCAB is not None, "worker not initialised"
-    gc.disable()  # see transforms.stream.gc_paused
-    try:
+    with gc_paused():
         return run_batch_file(path, out_dir, _VOCAB, chunk=chunk)
-    finally:
-        gc.enable()
 
 
 def _warm() -> int:
