@@ -72,7 +72,7 @@ def _case(expr: str, mapping: dict[int, str]) -> str:
     return "CASE " + expr + " " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in mapping.items()) + " END"
 
 
-_TEMP = ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons")
+_TEMP = ("_fs_g", "_fs_m", "_fs_v", "_fs_c", "_fs_d", "_fs_i", "_fs_pay", "_fs_person", "_fs_persons", "_fs_unbounded")
 
 
 def _measure_rules() -> str:
@@ -106,10 +106,17 @@ def _set_rows(sets: tuple) -> tuple[str, str]:
 HISTORY_SLACK = timedelta(days=366)  # > every window (365 days): rows older than grid - this never count
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | None, lo: datetime | None = None) -> None:
+def _prepare(
+    con: duckdb.DuckDBPyConnection,
+    snap: int,
+    persons: list[int] | None,
+    lo: datetime | None = None,
+    unbounded: list[int] | None = None,
+) -> None:
     """Temp tables of the (touched) persons' normalized OMOP rows. With `lo` (naive UTC), windowed sources keep
     only rows that can still count at an as-of time >= lo + HISTORY_SLACK (every window is <= 365 days), so
-    the work follows the persons' recent history, not their whole history; condition flags ("ever") keep all."""
+    the work follows the persons' recent history, not their whole history; condition flags ("ever") keep all.
+    The `unbounded` persons keep their whole history (their latest point may be older than the bound)."""
     at = f"AT (VERSION => {snap})"
     pf = "" if persons is None else "WHERE person_id IN (SELECT person_id FROM _fs_persons)"
     if persons is not None:
@@ -118,11 +125,19 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
             [sorted({int(p) for p in persons})],
         )
     low = "" if lo is None else f"TIMESTAMP '{lo:%Y-%m-%d %H:%M:%S}'"
+    exempt = ""
+    if lo is not None and unbounded:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _fs_unbounded AS SELECT DISTINCT unnest(?::BIGINT[]) AS person_id",
+            [sorted({int(p) for p in unbounded})],
+        )
+        exempt = " OR person_id IN (SELECT person_id FROM _fs_unbounded)"
 
     def after(*exprs: str) -> str:  # the row can still be in a window at/after the bound
         if not low:
             return ""
-        return f" AND greatest({', '.join(exprs)}) > {low}" if len(exprs) > 1 else f" AND {exprs[0]} > {low}"
+        expr = f"greatest({', '.join(exprs)})" if len(exprs) > 1 else exprs[0]
+        return f" AND ({expr} > {low}{exempt})"
 
     def on_or_after(date_column: str) -> str:
         """The same bound on a plain DATE column, which DuckLake can prune data files by (min/max per file), so
@@ -130,7 +145,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, snap: int, persons: list[int] | Non
         CDM; two days of slack cover a time-zone shift between them, and a NULL date keeps the row."""
         if lo is None:
             return ""
-        return f" AND ({date_column} >= DATE '{lo - timedelta(days=2):%Y-%m-%d}' OR {date_column} IS NULL)"
+        return f" AND ({date_column} >= DATE '{lo - timedelta(days=2):%Y-%m-%d}' OR {date_column} IS NULL{exempt})"
 
     from feature_store import vocab
 
@@ -470,8 +485,8 @@ def derive(
 
     With a lower time bound (`start`/`since`), only the history that can still count at or after it is read
     (every window is <= 365 days; condition flags read all history), so a stream batch costs what its persons'
-    recent history costs. A person whose only grid point lies before the bound (`include_latest` after a delete)
-    is recomputed from their whole history."""
+    recent history costs. A person with no event at or after the bound (`include_latest` keeps their latest
+    point, e.g. after a delete or a demographics change) keeps their whole history, in the same single pass."""
     snap = current_snapshot(con) if snapshot_id is None else int(snapshot_id)
     bounds = [_naive_utc(v) for v in (start, since) if v is not None]
     first = max(bounds) if bounds else None
@@ -479,19 +494,13 @@ def derive(
     own = _begin(con)
     ok = False
     try:
-        _prepare(con, snap, persons, lo)
-        _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
-        redo: list[int] = []
+        unbounded: list[int] = []
         if lo is not None and include_latest:
-            # persons without a grid point >= the bound: their latest point needs history older than `lo`
-            redo = [
-                int(r[0])
-                for r in con.execute(
-                    "SELECT person_id FROM _fs_person EXCEPT SELECT person_id FROM _fs_g WHERE ts >= ?", [first]
-                ).fetchall()
-            ]
-            if redo:
-                con.execute("DELETE FROM _fs_g WHERE person_id IN (SELECT unnest(?::BIGINT[]))", [redo])
+            unbounded = [] if persons is None else _without_events_since(con, snap, persons, first, end)
+            if persons is None or len(unbounded) >= len(set(persons)):
+                lo, unbounded = None, []  # nobody (or nobody known) benefits from the bound: one plain read
+        _prepare(con, snap, persons, lo, unbounded)
+        _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
         rows = con.execute(_features_sql()).to_arrow_table()
         edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
         ok = True
@@ -500,27 +509,45 @@ def derive(
             con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
         if own:
             con.execute("COMMIT" if ok else "ROLLBACK")
-    import pyarrow as pa
-
     if edges is None:
+        import pyarrow as pa
+
         edges = pa.table({k: pa.array([], pa.string()) for k in ("src_kind", "src_id", "dst_kind", "dst_id")})
-    if redo:
-        more = derive(
-            con,
-            snapshot_id=snap,
-            persons=redo,
-            start=start,
-            end=end,
-            since=since,
-            include_latest=True,
-            with_edges=with_edges,
-            bound_history=False,
-        )
-        rows = pa.concat_tables([rows, more.rows.cast(rows.schema)]).sort_by(
-            [("person_id", "ascending"), ("event_timestamp", "ascending")]
-        )
-        edges = pa.concat_tables([edges, more.edges.cast(edges.schema)])
     return Derived(snap, rows, edges)
+
+
+def _without_events_since(
+    con: duckdb.DuckDBPyConnection, snap: int, persons: list[int], first: datetime, end: datetime | None
+) -> list[int]:
+    """The persons with no feature event in [first, end]: their latest as-of point lies before the history bound,
+    so they are read whole. One query; its date conditions let DuckLake skip old data files."""
+    at = f"AT (VERSION => {snap})"
+    day = f"DATE '{first - timedelta(days=2):%Y-%m-%d}'"
+    hi = _naive_utc(end) if end is not None else datetime.max
+
+    def probe(table: str, ts: str, date_column: str) -> str:
+        return (
+            f"SELECT person_id FROM omop.{table} {at} WHERE person_id IN (SELECT unnest($p)) "
+            f"AND ({date_column} >= {day} OR {date_column} IS NULL) AND {ts} >= $first AND {ts} <= $hi"
+        )
+
+    def ts(column: str, date_column: str) -> str:
+        return f"coalesce({column}, CAST({date_column} AS TIMESTAMP))"
+
+    probes = [
+        probe("measurement", ts("measurement_datetime", "measurement_date"), "measurement_date"),
+        probe("visit_occurrence", ts("visit_start_datetime", "visit_start_date"), "visit_start_date"),
+        probe("condition_occurrence", ts("condition_start_datetime", "condition_start_date"), "condition_start_date"),
+        probe("drug_exposure", ts("drug_exposure_start_datetime", "drug_exposure_start_date"),
+              "drug_exposure_start_date"),
+        probe("image_occurrence", ts("image_occurrence_datetime", "image_occurrence_date"), "image_occurrence_date"),
+    ]  # fmt: skip
+    wanted = sorted({int(p) for p in persons})
+    found = con.execute(
+        f"SELECT unnest($p) AS person_id EXCEPT ({' UNION '.join(probes)})",
+        {"p": wanted, "first": first, "hi": hi},
+    ).fetchall()
+    return sorted(int(r[0]) for r in found)
 
 
 def _begin(con: duckdb.DuckDBPyConnection) -> bool:

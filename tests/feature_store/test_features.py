@@ -291,7 +291,17 @@ def test_bounded_history_derivation_equals_whole_history(fs_settings, fs_con):
         assert bounded.rows.num_rows > 0 and _rows_equal(bounded.rows, whole.rows)
         edges = [sorted(tuple(r.values()) for r in d.edges.to_pylist()) for d in (bounded, whole)]
         assert edges[0] == edges[1]
-    # person 9 has no event after 2026-05-01: their latest point is kept (re-derived from the whole history)
+    # one pass, mixed bounds: person 8 (late event) reads recent history, person 9 (no event since) the whole
+    import importlib
+
+    probe = importlib.import_module("feature_store.derive")._without_events_since
+    fs_con.execute("BEGIN")
+    try:
+        unbounded = probe(fs_con, snap, [1, 8, 9], datetime(2026, 5, 1), datetime(2027, 1, 1))
+    finally:
+        fs_con.execute("ROLLBACK")
+    assert 9 in unbounded and 8 not in unbounded
+    # person 9 has no event after 2026-05-01: their latest point is kept (derived from the whole history)
     late = fs.derive(fs_con, snapshot_id=snap, persons=[9], since=datetime(2026, 5, 1, tzinfo=UTC), include_latest=True)
     assert late.rows.num_rows == 1
 
