@@ -2,9 +2,11 @@
 process commits batch N to the lake (two cores busy instead of one).
 
 The worker runs the same `FhirToOmop` functions on its own in-process FnApiRunner; batches travel as files (the
-framed JSON lines the main process already writes; results come back as JSON-lines files), so nothing large is
-pickled. The worker is started once with the vocabulary (a spawn context: the main process has Kafka and DuckDB
-threads, which must not be forked).
+framed JSON lines the main process already writes), so nothing large is pickled on the way in. The worker also
+builds the columnar form the lake commit needs (`Prepared`: per-table Arrow tables, row map, flags, version
+sources), so the committing process does no per-row Python work; that comes back through the pool's pipe (Arrow
+buffers pickle as flat bytes). The worker is started once with the vocabulary (a spawn context: the main process
+has Kafka and DuckDB threads, which must not be forked).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _map_file(path: str, out_dir: str, chunk: int) -> list[str]:
-    from transforms.pipeline import run_batch_file
+def _map_file(path: str, out_dir: str, chunk: int) -> Any:
+    from transforms.pipeline import read_prepared, run_batch_file
 
     assert _VOCAB is not None, "worker not initialised"
     with gc_paused():
-        return run_batch_file(path, out_dir, _VOCAB, chunk=chunk)
+        return read_prepared(run_batch_file(path, out_dir, _VOCAB, chunk=chunk, columnar=True))
 
 
 def _warm() -> int:
@@ -61,7 +63,9 @@ class MappingPool:
                                          initializer=_init, initargs=(vocab.codes, vocab.units))  # fmt: skip
         self._warmup = [self._pool.submit(_warm) for _ in range(workers)]
 
-    def submit(self, path: str, out_dir: str) -> Future[list[str]]:
+    def submit(self, path: str, out_dir: str) -> Future[Any]:
+        """Map the batch file at `path`; the future's result is the batch in columnar form
+        (`transforms.lake_writer.Prepared`: Arrow tables, pickled back through the pool's pipe)."""
         return self._pool.submit(_map_file, path, out_dir, self.chunk)
 
     def close(self) -> None:

@@ -239,20 +239,54 @@ class MapChunks(beam.PTransform):
 
 
 class _ReadChunks(beam.DoFn):
-    def __init__(self, path: str, chunk: int) -> None:
-        self.path, self.chunk = path, chunk
+    """A batch file -> chunks of lines; `indexed`: (index of the chunk's first line in the batch, lines)."""
 
-    def process(self, _: Any) -> Iterable[list[bytes]]:
+    def __init__(self, path: str, chunk: int, indexed: bool = False) -> None:
+        self.path, self.chunk, self.indexed = path, chunk, indexed
+
+    def process(self, _: Any) -> Iterable[Any]:
         buf: list[bytes] = []
+        start = 0
         with open(self.path, "rb") as fh:
             for line in fh:
                 if line.strip():
                     buf.append(line)
                     if len(buf) >= self.chunk:
-                        yield buf
+                        yield (start, buf) if self.indexed else buf
+                        start += len(buf)
                         buf = []
         if buf:
-            yield buf
+            yield (start, buf) if self.indexed else buf
+
+
+class MapPrepared(beam.PTransform):
+    """(first index, chunk of envelopes) -> the chunk's results in columnar form (`transforms.lake_writer.Prepared`):
+    the row building the lake commit needs happens here, in the mapping process, not in the committing one."""
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        from transforms.lake_writer import prepare
+
+        vocab = self.vocab
+        return pcoll | "MapPrepared" >> beam.Map(lambda c: prepare([map_envelope(e, vocab) for e in c[1]], c[0]))
+
+
+class _WritePrepared(beam.DoFn):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def process(self, prepared: Any) -> Iterable[str]:
+        import pickle
+        import uuid
+
+        path = os.path.join(self.out_dir, f"{uuid.uuid4().hex}.pkl")
+        with open(path + ".tmp", "wb") as fh:
+            pickle.dump(prepared, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path)
+        yield path
 
 
 class _WriteChunks(beam.DoFn):
@@ -279,23 +313,37 @@ def write_batch(envelopes: list[dict[str, Any]] | list[bytes], path: str) -> Non
             fh.write(b"\n")
 
 
-def run_batch_file(path: str, out_dir: str, vocab: Vocabulary, *, runner: Any = None, chunk: int = 500) -> list[str]:
+def run_batch_file(path: str, out_dir: str, vocab: Vocabulary, *, runner: Any = None, chunk: int = 500,
+                   columnar: bool = False) -> list[str]:  # fmt: skip
     """Beam over one batch file: one impulse + a DoFn reading it in chunks (no `beam.Create` at volume, no per-batch
-    file-sink finalization; STACK.md). Returns the result files (JSON lines) it wrote into `out_dir`."""
+    file-sink finalization; STACK.md). Returns the result files it wrote into `out_dir`: JSON lines of result
+    dicts, or (`columnar`) pickled `Prepared` chunks for `read_prepared`."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(out_dir, "*")):
         os.unlink(stale)
     with beam.Pipeline(runner=runner or local_runner(), options=PipelineOptions(["--no_pipeline_type_check"])) as p:
-        (
-            p
-            | "Impulse" >> beam.Impulse()
-            | "ReadChunks" >> beam.ParDo(_ReadChunks(path, chunk))
-            | "ToOmop" >> MapChunks(vocab)
-            | "WriteChunks" >> beam.ParDo(_WriteChunks(out_dir))
-        )
-    return sorted(glob.glob(os.path.join(out_dir, "*.jsonl")))
+        chunks = p | "Impulse" >> beam.Impulse() | "ReadChunks" >> beam.ParDo(_ReadChunks(path, chunk, columnar))
+        if columnar:
+            _ = chunks | "ToOmop" >> MapPrepared(vocab) | "WritePrepared" >> beam.ParDo(_WritePrepared(out_dir))
+        else:
+            _ = chunks | "ToOmop" >> MapChunks(vocab) | "WriteChunks" >> beam.ParDo(_WriteChunks(out_dir))
+    return sorted(glob.glob(os.path.join(out_dir, "*.pkl" if columnar else "*.jsonl")))
+
+
+def read_prepared(paths: list[str]) -> Any:
+    """Pickled `Prepared` chunks of one batch -> one `Prepared` (files removed once read)."""
+    import pickle
+
+    from transforms.lake_writer import merge
+
+    parts = []
+    for f in paths:
+        with open(f, "rb") as fh:
+            parts.append(pickle.load(fh))
+        os.unlink(f)
+    return merge(parts)
 
 
 def read_results(paths: list[str]) -> list[dict[str, Any]]:
@@ -309,12 +357,15 @@ def read_results(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def run_batch(envelopes: list[dict[str, Any]] | list[bytes], workdir: str, vocab: Vocabulary, *, runner: Any = None,
-              chunk: int = 500) -> list[dict[str, Any]]:  # fmt: skip
-    """One micro-batch through Beam in this process: envelopes (dicts or framed lines) -> result dicts."""
+              chunk: int = 500, columnar: bool = False) -> Any:  # fmt: skip
+    """One micro-batch through Beam in this process: envelopes (dicts or framed lines) -> result dicts, or
+    (`columnar`) one `Prepared` batch for `LakeWriter.commit`."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "batch.jsonl")
     write_batch(envelopes, path)
     try:
-        return read_results(run_batch_file(path, os.path.join(workdir, "out"), vocab, runner=runner, chunk=chunk))
+        files = run_batch_file(path, os.path.join(workdir, "out"), vocab, runner=runner, chunk=chunk,
+                               columnar=columnar)  # fmt: skip
+        return read_prepared(files) if columnar else read_results(files)
     finally:
         os.unlink(path)

@@ -100,8 +100,8 @@ class _InFlight:
     events: list[RawRecord]
     started: float
     batch_dir: str
-    future: Any = None  # Future of result files (worker process) ...
-    results: list[dict[str, Any]] | None = None  # ... or the results, mapped in this process
+    future: Any = None  # Future of the mapped batch (worker process) ...
+    results: Any = None  # ... or the mapped batch (`Prepared`), mapped in this process
 
     def ready(self) -> bool:
         return self.results is not None or (self.future is not None and self.future.done())
@@ -261,7 +261,7 @@ class StreamRunner:
         flight = _InFlight(events=events, started=time.monotonic(), batch_dir=batch_dir)
         lines = [envelope_line(e) for e in events]
         if self._pool is None:
-            flight.results = run_batch(lines, batch_dir, self._vocab, runner=self.beam_runner)
+            flight.results = run_batch(lines, batch_dir, self._vocab, runner=self.beam_runner, columnar=True)
             return flight
         os.makedirs(batch_dir, exist_ok=True)
         path = os.path.join(batch_dir, "batch.jsonl")
@@ -272,12 +272,10 @@ class StreamRunner:
     def _finish(self, flight: _InFlight, consumer: Any, writer: Any, lineage: Any, run_id: str,
                 summary: StreamSummary) -> None:  # fmt: skip
         """Steps 3-6 of the module docstring for the oldest batch in flight."""
-        from transforms.pipeline import read_results
-
         events = flight.events
         t_map = time.monotonic()
         try:
-            results = flight.results if flight.results is not None else read_results(flight.future.result())
+            results = flight.results if flight.results is not None else flight.future.result()
         finally:
             shutil.rmtree(flight.batch_dir, ignore_errors=True)
         t_commit = time.monotonic()
@@ -285,7 +283,7 @@ class StreamRunner:
         elapsed = time.monotonic() - flight.started
         outcome = writer.commit(results, run_id=run_id, lineage=lineage, status={
             "batch_seq": summary.batches, "mode": "stream", "events": len(events),
-            "resources": sum(1 for r in results if r["status"] != "deadletter"),
+            "resources": results.size - len(results.deadletters),
             "batch_latency_ms": elapsed * 1000, "events_per_s": len(events) / elapsed if elapsed else None,
             "consumer_lag": sum(lag.values()),
             "lag_detail": orjson.dumps({f"{t}/{p}": n for (t, p), n in lag.items()}).decode()})  # fmt: skip
