@@ -43,6 +43,14 @@ class StreamFeatureHook:
             self._con.execute("SET threads = 1")
         return self._con
 
+    def warm(self) -> None:
+        """Open the lake connection and the Feast store (importing Feast takes seconds), so that the first batch
+        does not pay for them. `careloop.hook_process` calls it when the hook's process starts."""
+        from feature_store.repo import feature_views, open_store
+
+        _ = self.con
+        feature_views(open_store(self.settings))
+
     def __call__(self, batch: Any) -> dict[str, Any]:
         persons = sorted({int(p) for p in batch.person_ids})
         if not persons:

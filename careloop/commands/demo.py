@@ -83,13 +83,16 @@ def _publish(settings, *, patients: int, months: int, sites: int, seed: int) -> 
 
 
 def _stream(settings, *, features: bool) -> None:
-    from careloop.commands.stream import feature_hooks
+    from careloop.commands.stream import close_hooks, feature_hooks
     from careloop.console import err
     from transforms import StreamRunner
 
     hooks = feature_hooks(settings, features)
     err.print("• streaming Kafka -> Beam -> OMOP lake" + (" -> Feast" if features else "") + " until idle")
-    summary = StreamRunner(settings, on_batch_committed=hooks).run(until_idle=5)
+    try:
+        summary = StreamRunner(settings, on_batch_committed=hooks).run(until_idle=5)
+    finally:
+        close_hooks(hooks)
     err.print(f"• {summary.batches} micro-batches, {summary.events:,} events, {summary.rows_written:,} OMOP rows, "
               f"{summary.dead_letters} dead letters")  # fmt: skip
 

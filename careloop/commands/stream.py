@@ -46,7 +46,10 @@ def stream(
         f"{' -> Feast' if features else ''} "
         f"(batch {batch_size}, wait {max_wait_ms} ms{'' if until_idle is None else f', idle exit {until_idle}s'})"
     )
-    summary = runner.run(until_idle=until_idle)
+    try:
+        summary = runner.run(until_idle=until_idle)
+    finally:
+        close_hooks(hooks)
     err.print(
         f"{summary.batches} batches, {summary.events} events, {summary.rows_written} rows written, "
         f"{summary.dead_letters} dead letters, {summary.events_per_s:.0f} events/s; stopped by {summary.stopped_by}"
@@ -55,13 +58,25 @@ def stream(
 
 def feature_hooks(settings, enabled: bool) -> list:
     """The feature store's per-batch push, as a stream hook: a failing push blocks the offset commit, so the batch
-    is retried and nothing is lost (issue 6). Applying the Feast repo first is idempotent."""
+    is retried and nothing is lost (issue 6). Applying the Feast repo first is idempotent. The hook runs in its
+    own process (`careloop.hook_process`): next to the runner's busy main thread it would wait for the interpreter
+    lock after each of its DuckDB statements. Close the hooks with `close_hooks` when the runner is done."""
     if not enabled:
         return []
+    from functools import partial
+
     import feature_store
+    from careloop.hook_process import HookProcess
 
     feature_store.apply(settings)
-    return [feature_store.StreamFeatureHook(settings)]
+    return [HookProcess(partial(feature_store.StreamFeatureHook, settings), name="features").start()]
+
+
+def close_hooks(hooks: list) -> None:
+    for hook in hooks:
+        close = getattr(hook, "close", None)
+        if callable(close):
+            close()
 
 
 @app.command("status")

@@ -126,14 +126,19 @@ def test_governance_refuses_sensitive_inputs():
 
 
 def test_stream_hook_pushes_touched_persons_online(fs_settings, fs_con):
+    """As `careloop stream` runs it: in its own process (careloop.hook_process), the batch pickled to it."""
+    import os
+    from functools import partial
+
+    from careloop.hook_process import HookProcess
+
     snap = _late_measurement(fs_con, 3, datetime(2026, 11, 1, 8, 0, tzinfo=UTC), 3038553, 27.7, 9531)
-    hook = fs.StreamFeatureHook(fs_settings)
-    try:
+    with HookProcess(partial(fs.StreamFeatureHook, fs_settings), name="features") as hook:
+        child = hook.pid
         stats = hook(
             SimpleNamespace(person_ids=[3], snapshot_id=snap, min_event_time=datetime(2026, 11, 1, tzinfo=UTC))
         )
-    finally:
-        hook.close()
+    assert child not in (None, os.getpid()) and hook.pid is None
     assert stats["persons"] == 1 and stats["rows"] >= 1
     online = (
         fs.open_store(fs_settings)
