@@ -172,22 +172,23 @@ def main() -> None:
         latencies: list[float] = []
 
         fresh_runner = StreamRunner(settings, batch_size=5000, max_wait_ms=200, group_id="fresh")
-        c_batch_ids: set[str] = set()
-        orig_finish = StreamRunner._finish
+        batch_ids: dict[str, list[str]] = {}  # lake batch id -> event ids of that batch
+        orig_after = StreamRunner._after_commit
 
-        def spy_finish(self: Any, flight: Any, *a: Any, **kw: Any) -> Any:  # the hooks run inside _finish
-            c_batch_ids.clear()
-            c_batch_ids.update(e.headers.get("event_id") for e in flight.events)
-            return orig_finish(self, flight, *a, **kw)
+        def spy_after(self: Any, flight: Any, outcome: Any, *a: Any, **kw: Any) -> Any:  # it starts the hooks
+            batch_ids[outcome.batch_id] = [e.headers.get("event_id") for e in flight.events]
+            return orig_after(self, flight, outcome, *a, **kw)
 
-        StreamRunner._finish = spy_finish  # type: ignore[method-assign]
-        if args.with_features:  # the real push to Feast runs first; the probe below then sees an updated store
-            import feature_store
+        StreamRunner._after_commit = spy_after  # type: ignore[method-assign]
+        feature_hooks: list[Any] = []
+        if args.with_features:  # the real push to Feast runs first (in its own process, as `careloop stream` runs it)
+            from careloop.commands.stream import feature_hooks as make_feature_hooks
 
-            feature_store.apply(settings)
-            fresh_runner.hooks.append(feature_store.StreamFeatureHook(settings))
-        fresh_runner.hooks.append(lambda c: latencies.extend(
-            time.monotonic() - published.pop(eid) for eid in list(c_batch_ids) if eid in published))  # fmt: skip
+            feature_hooks = make_feature_hooks(settings, True)
+            fresh_runner.hooks.extend(feature_hooks)
+        fresh_runner.hooks.append(lambda c: latencies.extend(time.monotonic() - published.pop(eid)
+                                                             for eid in batch_ids.pop(c.batch_id, [])
+                                                             if eid in published))  # fmt: skip
         fresh_summary: list[Any] = []
         th = threading.Thread(target=lambda: fresh_summary.append(fresh_runner.run(until_idle=4)), daemon=True)
         # consume from the end: the fresh group starts at the earliest offset, so skip what the e2e phase published
@@ -215,7 +216,9 @@ def main() -> None:
                     p.flush()
             p.flush()
         th.join(timeout=120)
-        StreamRunner._finish = orig_finish  # type: ignore[method-assign]
+        for hook in feature_hooks:
+            hook.close()
+        StreamRunner._after_commit = orig_after  # type: ignore[method-assign]
         fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": len(fevents),
                  "measured": len(latencies), "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
                  "max_s": max(latencies) if latencies else None}  # fmt: skip

@@ -100,7 +100,7 @@ class _InFlight:
     events: list[RawRecord]
     started: float
     batch_dir: str
-    future: Any = None  # Future of the mapped batch (worker process) ...
+    future: Any = None  # Future of the mapped batch's files (worker process) ...
     results: Any = None  # ... or the mapped batch (`Prepared`), mapped in this process
 
     def ready(self) -> bool:
@@ -164,6 +164,7 @@ class StreamRunner:
         from transforms.lake_writer import LakeWriter
         from transforms.map_pool import MappingPool
         from transforms.omop_schema import ensure_omop_schema
+        from transforms.pipeline import read_prepared  # noqa: F401  (imports Beam now, not on the first batch)
         from transforms.vocab import Vocabulary
 
         con = connect(self.settings)
@@ -179,6 +180,7 @@ class StreamRunner:
         self._vocab = vocab
         self._pool = MappingPool(vocab, self.map_workers) if self.map_workers else None
         self._hook_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-hooks") if self.hooks else None
+        commit_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-lake-commit")
         self._pending_hooks = None
         writer = LakeWriter(con)
         lineage = LineageWriter(self.settings, con=con, max_buffer=1 << 40)
@@ -198,12 +200,32 @@ class StreamRunner:
         inflight: deque[_InFlight] = deque()
         depth = max(1, self.map_workers)  # batches mapping while the oldest one commits
         polled = 0
+        committing: list[tuple[Any, _InFlight]] = []  # the batch whose lake commit runs in the commit thread
 
-        def finish_oldest() -> None:
+        def settle_commit(block: bool) -> bool:
+            """Steps 4-6 for the batch whose lake commit finished (in order: one lake commit at a time)."""
+            if not committing or not (block or committing[0][0].done()):
+                return False
+            future, flight = committing.pop()
+            outcome, timing = future.result()  # a failed lake commit stops the runner here, offsets uncommitted
             with gc_paused():
-                self._finish(inflight.popleft(), consumer, writer, lineage, run_id, summary)
-                if self.compact_every and summary.batches % self.compact_every == 0:
-                    self._compact_one(con)
+                self._after_commit(flight, outcome, timing, consumer, summary)
+            return True
+
+        def commit_oldest() -> None:
+            """Step 3 for the oldest mapped batch, in the commit thread: the main thread meanwhile polls and frames
+            the next batches (DuckDB releases the GIL while it writes)."""
+            settle_commit(block=True)
+            flight = inflight.popleft()
+            seq = summary.batches
+            committing.append((commit_pool.submit(self._commit_lake, flight, consumer.lag(), seq, writer, lineage,
+                                                  run_id, con), flight))  # fmt: skip
+
+        def wake() -> bool:
+            """Whether the main thread has work: a finished lake commit, or a mapped batch and a free commit thread."""
+            if committing:
+                return committing[0][0].done()
+            return bool(inflight) and inflight[0].ready()
 
         try:
             while not self._stop.is_set():
@@ -212,24 +234,30 @@ class StreamRunner:
                     break
                 if self._pending_hooks is not None and self._pending_hooks[0].done():
                     self._settle_hooks(consumer)  # idle or between batches: commit the last batch's offsets now
-                events = self._poll_batch(consumer, inflight[0] if inflight else None)
+                if settle_commit(block=False):
+                    idle_since = time.monotonic()
+                events = self._poll_batch(consumer, wake if inflight or committing else None)
                 if events:
                     polled += 1
                     with gc_paused():
                         inflight.append(self._start(events, os.path.join(workdir, f"b{polled}")))
                     idle_since = time.monotonic()
-                if inflight and (len(inflight) > depth or not events or inflight[0].ready()):
-                    finish_oldest()
+                if inflight and not committing and (len(inflight) > depth or not events or inflight[0].ready()):
+                    commit_oldest()
                     idle_since = time.monotonic()
                     continue
-                if not events and not inflight:
+                if len(inflight) > depth:  # enough is polled ahead: wait for the running lake commit
+                    settle_commit(block=True)
+                    continue
+                if not events and not inflight and not committing:
                     if not consumer.assignment() and time.monotonic() - started < 60:
                         idle_since = time.monotonic()  # the group join is still running: not idle yet
                     elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
                         self._stop_reason = "idle"
                         break
             while inflight:  # stopping (signal, idle, max_batches): what was polled is committed, in order
-                finish_oldest()
+                commit_oldest()
+            settle_commit(block=True)
             self._settle_hooks(consumer)
             summary.stopped_by = self._stop_reason
         except BaseException as err:
@@ -238,6 +266,7 @@ class StreamRunner:
             raise
         finally:
             summary.seconds = time.monotonic() - started
+            commit_pool.shutdown(wait=True)  # a lake commit still running ends before the connection closes
             if self._hook_pool is not None:  # a hook still running must not outlive the runner
                 self._hook_pool.shutdown(wait=True)
             closers = [consumer.close, *((self._producer.close,) if self._producer else ()),
@@ -256,12 +285,14 @@ class StreamRunner:
 
     def _start(self, events: list[RawRecord], batch_dir: str) -> _InFlight:
         """Write the batch file and start mapping it (worker process), or map it here (no workers)."""
+        from transforms.map_pool import COLUMNAR_CHUNK
         from transforms.pipeline import run_batch, write_batch
 
         flight = _InFlight(events=events, started=time.monotonic(), batch_dir=batch_dir)
         lines = [envelope_line(e) for e in events]
         if self._pool is None:
-            flight.results = run_batch(lines, batch_dir, self._vocab, runner=self.beam_runner, columnar=True)
+            flight.results = run_batch(lines, batch_dir, self._vocab, runner=self.beam_runner, columnar=True,
+                                       chunk=COLUMNAR_CHUNK)  # fmt: skip
             return flight
         os.makedirs(batch_dir, exist_ok=True)
         path = os.path.join(batch_dir, "batch.jsonl")
@@ -269,24 +300,38 @@ class StreamRunner:
         flight.future = self._pool.submit(path, os.path.join(batch_dir, "out"))
         return flight
 
-    def _finish(self, flight: _InFlight, consumer: Any, writer: Any, lineage: Any, run_id: str,
-                summary: StreamSummary) -> None:  # fmt: skip
-        """Steps 3-6 of the module docstring for the oldest batch in flight."""
+    def _commit_lake(self, flight: _InFlight, lag: dict[tuple[str, int], int], seq: int, writer: Any, lineage: Any,
+                     run_id: str, con: Any) -> tuple[Any, dict[str, float]]:  # fmt: skip
+        """Step 3 of the module docstring for one mapped batch (runs in the commit thread), then one table's
+        compaction; returns the outcome and the batch's phase timings."""
+        from transforms.pipeline import read_prepared
+
         events = flight.events
         t_map = time.monotonic()
         try:
-            results = flight.results if flight.results is not None else flight.future.result()
+            results = flight.results if flight.results is not None else read_prepared(flight.future.result())
         finally:
             shutil.rmtree(flight.batch_dir, ignore_errors=True)
         t_commit = time.monotonic()
-        lag = consumer.lag()
-        elapsed = time.monotonic() - flight.started
+        elapsed = t_commit - flight.started
         outcome = writer.commit(results, run_id=run_id, lineage=lineage, status={
-            "batch_seq": summary.batches, "mode": "stream", "events": len(events),
+            "batch_seq": seq, "mode": "stream", "events": len(events),
             "resources": results.size - len(results.deadletters),
             "batch_latency_ms": elapsed * 1000, "events_per_s": len(events) / elapsed if elapsed else None,
             "consumer_lag": sum(lag.values()),
             "lag_detail": orjson.dumps({f"{t}/{p}": n for (t, p), n in lag.items()}).decode()})  # fmt: skip
+        timing = {"events": len(events), "queued_ms": (t_map - flight.started) * 1000,
+                  "map_wait_ms": (t_commit - t_map) * 1000,
+                  "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
+        self._written.update(outcome.rows_by_table)
+        if self.compact_every and (seq + 1) % self.compact_every == 0:
+            self._compact_one(con)
+        return outcome, timing
+
+    def _after_commit(self, flight: _InFlight, outcome: Any, timing: dict[str, float], consumer: Any,
+                      summary: StreamSummary) -> None:  # fmt: skip
+        """Steps 4-6 of the module docstring for a batch committed to the lake (main thread)."""
+        events = flight.events
         if outcome.deadletters:
             self._publish_deadletters(outcome.deadletters)
         commit = BatchCommit(
@@ -295,14 +340,10 @@ class StreamRunner:
             min_event_time=outcome.min_event_time, max_event_time=outcome.max_event_time,
             events=len(events), rows_written=outcome.rows_written, rows_by_table=outcome.rows_by_table,
             dead_letters=len(outcome.deadletters))  # fmt: skip
-        self._written.update(outcome.rows_by_table)
         summary.batches += 1
         summary.events += len(events)
         summary.rows_written += outcome.rows_written
         summary.dead_letters += len(outcome.deadletters)
-        timing = {"events": len(events), "queued_ms": (t_map - flight.started) * 1000,
-                  "map_wait_ms": (t_commit - t_map) * 1000,
-                  "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
         summary.timings.append(timing)
         log.info("batch %d: %d events, %d rows; waited %.0f ms for the previous commit, %.0f ms for mapping; lake "
                  "commit %.0f ms", summary.batches, len(events), outcome.rows_written, timing["queued_ms"],
@@ -338,23 +379,24 @@ class StreamRunner:
         future.result()
         consumer.commit(offsets)
 
-    def _poll_batch(self, consumer: Any, oldest: _InFlight | None = None) -> list[RawRecord]:
-        """Up to `batch_size` events, waiting at most `max_wait_ms` after the first; returns early once the oldest
-        batch in flight is mapped, so that its commit never waits for a slow trickle of new events."""
+    def _poll_batch(self, consumer: Any, wake: Callable[[], bool] | None = None) -> list[RawRecord]:
+        """Up to `batch_size` events, waiting at most `max_wait_ms` after the first; with batches in flight, polls
+        in short steps and returns early once `wake()` says the main thread has work (a mapped batch to commit, a
+        finished lake commit), so that a commit never waits for a slow trickle of new events."""
         events: list[RawRecord] = []
         deadline: float | None = None
         while len(events) < self.batch_size and not self._stop.is_set():
             wait = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if oldest is not None:
+            if wake is not None:
                 wait = min(wait, 20)
             got = consumer.poll_raw(timeout_ms=wait, max_records=self.batch_size - len(events))
             if got:
                 events.extend(got)
                 if deadline is None:
                     deadline = time.monotonic() + self.max_wait_ms / 1000
-            if oldest is not None and oldest.ready():
+            if wake is not None and wake():
                 break
-            if deadline is None and not got and oldest is None:
+            if deadline is None and not got and wake is None:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
