@@ -221,11 +221,19 @@ class StreamRunner:
             committing.append((commit_pool.submit(self._commit_lake, flight, consumer.lag(), seq, writer, lineage,
                                                   run_id, con), flight))  # fmt: skip
 
-        def wake() -> bool:
-            """Whether the main thread has work: a finished lake commit, or a mapped batch and a free commit thread."""
-            if committing:
-                return committing[0][0].done()
-            return bool(inflight) and inflight[0].ready()
+        def pump() -> None:
+            """Called between polls: settle a finished lake commit; start the next one once the oldest batch is
+            mapped (so a commit never waits for the batch being polled to close)."""
+            settle_commit(block=False)
+            if not committing and inflight and inflight[0].ready():
+                commit_oldest()
+
+        def idle_pipeline() -> bool:
+            """A partial batch closes at its `max_wait_ms` deadline only when nothing else is mapping or committing:
+            while the pipeline is busy it keeps growing, because every batch costs one lake commit (~0.4 s fixed)
+            and closing batches faster than they commit would only queue small commits (a steady stream would fall
+            behind, and its freshness with it)."""
+            return not committing and not inflight
 
         try:
             while not self._stop.is_set():
@@ -234,20 +242,20 @@ class StreamRunner:
                     break
                 if self._pending_hooks is not None and self._pending_hooks[0].done():
                     self._settle_hooks(consumer)  # idle or between batches: commit the last batch's offsets now
-                if settle_commit(block=False):
-                    idle_since = time.monotonic()
-                events = self._poll_batch(consumer, wake if inflight or committing else None)
+                pump()
+                events = self._poll_batch(consumer, pump if inflight or committing else None, idle_pipeline)
                 if events:
                     polled += 1
                     with gc_paused():
                         inflight.append(self._start(events, os.path.join(workdir, f"b{polled}")))
+                pump()
+                if events or inflight or committing:
                     idle_since = time.monotonic()
-                if inflight and not committing and (len(inflight) > depth or not events or inflight[0].ready()):
-                    commit_oldest()
-                    idle_since = time.monotonic()
-                    continue
                 if len(inflight) > depth:  # enough is polled ahead: wait for the running lake commit
-                    settle_commit(block=True)
+                    if committing:
+                        settle_commit(block=True)
+                    else:
+                        commit_oldest()  # the commit thread waits for its mapping
                     continue
                 if not events and not inflight and not committing:
                     if not consumer.assignment() and time.monotonic() - started < 60:
@@ -379,26 +387,28 @@ class StreamRunner:
         future.result()
         consumer.commit(offsets)
 
-    def _poll_batch(self, consumer: Any, wake: Callable[[], bool] | None = None) -> list[RawRecord]:
-        """Up to `batch_size` events, waiting at most `max_wait_ms` after the first; with batches in flight, polls
-        in short steps and returns early once `wake()` says the main thread has work (a mapped batch to commit, a
-        finished lake commit), so that a commit never waits for a slow trickle of new events."""
+    def _poll_batch(self, consumer: Any, pump: Callable[[], None] | None = None,
+                    may_close: Callable[[], bool] | None = None) -> list[RawRecord]:  # fmt: skip
+        """Up to `batch_size` events, waiting `max_wait_ms` after the first — longer while `may_close()` is false
+        (the pipeline is busy). With batches in flight it polls in short steps and calls `pump()` between them
+        (commits progress while this batch fills), returning empty-handed once everything in flight is done."""
         events: list[RawRecord] = []
         deadline: float | None = None
         while len(events) < self.batch_size and not self._stop.is_set():
             wait = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if wake is not None:
-                wait = min(wait, 20)
+            if pump is not None:
+                wait = min(wait, 20) if wait > 0 or deadline is None else 20  # past the deadline: held, keep polling
             got = consumer.poll_raw(timeout_ms=wait, max_records=self.batch_size - len(events))
             if got:
                 events.extend(got)
                 if deadline is None:
                     deadline = time.monotonic() + self.max_wait_ms / 1000
-            if wake is not None and wake():
+            if pump is not None:
+                pump()
+            closable = may_close is None or may_close()
+            if deadline is None and not got and (pump is None or closable):
                 break
-            if deadline is None and not got and wake is None:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline and closable:
                 break
         return events
 
