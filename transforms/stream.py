@@ -1,17 +1,20 @@
 """The streaming runner: Kafka (`fhir`, `dicom`) -> Beam (in-process) -> OMOP lake, in micro-batches.
 
 Order of effects per micro-batch, which is what makes a crash at any point safe:
-  1. poll up to `batch_size` events (or until `max_wait_ms` passed since the first one);
+  1. poll up to `batch_size` events (or until `max_wait_ms` passed since the first one — longer while earlier
+     batches are still mapping or committing: each batch costs one lake commit, so batches grow to its pace);
   2. run `FhirToOmop` on Beam's in-process FnApiRunner — in a worker process (`transforms.map_pool`) when there is
-     a second core, so that batch N+1 is polled and mapped while batch N is committed (steps 3-6 stay strictly in
-     batch order, and offsets are committed per batch, explicitly, never past a batch that is not in the lake);
-  3. commit the lake transaction (rows, versions, DQ, lineage edges, status row) — idempotent on replay;
+     a second core, which also builds the commit's columnar form (`transforms.lake_writer.Prepared`);
+  3. commit the lake transaction (rows, versions, DQ, lineage edges, status row) — idempotent on replay — in the
+     lake-commit thread, so that the main thread polls batch N+2 while the worker maps N+1 and N commits;
   4. publish dead letters (at-least-once: a replayed batch may publish a dead letter twice);
   5. run the `on_batch_committed` hooks (retried with backoff; a hook that keeps failing stops the runner
      *before* the offsets are committed, so the batch is replayed after a restart) — in a hook thread, so that
      batch N's hooks (the feature push) run while batch N+1 is committed to the lake; hooks of consecutive
      batches never overlap, and each batch's offsets wait for its own hooks;
   6. commit the Kafka offsets of that batch.
+Steps 3-6 stay strictly in batch order (one lake commit at a time; the main thread settles each finished commit
+before the next starts), and offsets are committed per batch, explicitly, never past a batch not in the lake.
 Kafka's source is consumed in Python because Beam's `ReadFromKafka` needs a Java expansion service (STACK.md);
 a deployment with Java can run the same PTransforms behind Beam's own Kafka IO.
 """
@@ -243,7 +246,8 @@ class StreamRunner:
                 if self._pending_hooks is not None and self._pending_hooks[0].done():
                     self._settle_hooks(consumer)  # idle or between batches: commit the last batch's offsets now
                 pump()
-                events = self._poll_batch(consumer, pump if inflight or committing else None, idle_pipeline)
+                with gc_paused():  # 10k polled records are ~50k young objects: no collector passes over them
+                    events = self._poll_batch(consumer, pump if inflight or committing else None, idle_pipeline)
                 if events:
                     polled += 1
                     with gc_paused():
