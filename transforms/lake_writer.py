@@ -229,6 +229,28 @@ def merge(parts: list[Prepared]) -> Prepared:
     return out
 
 
+def concat_batches(batches: list[Prepared]) -> Prepared:
+    """Several prepared *batches* (each indexed from 0, in Kafka order) -> one, committed as one transaction: the
+    stream merges batches that wait for the commit thread, so a backlog pays the commit's fixed cost once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(batches) == 1:
+        return batches[0]
+
+    def shift(t: Any, by: int) -> Any:
+        i = t.column_names.index("_res")
+        return t.set_column(i, "_res", pc.add(t["_res"], pa.scalar(by, pa.int64())))
+
+    parts, base = [], 0
+    for b in batches:
+        parts.append(Prepared(src=shift(b.src, base), tables={k: shift(t, base) for k, t in b.tables.items()},
+                              row_map=shift(b.row_map, base), flags=shift(b.flags, base), deadletters=b.deadletters,
+                              min_event_time=b.min_event_time, max_event_time=b.max_event_time))  # fmt: skip
+        base += b.size
+    return merge(parts)
+
+
 def _meta(cols: dict[str, list[Any]], j: int) -> dict[str, Any]:
     """What `compare` reads of the result at position `j` of a prepared batch's source columns."""
     return {"version_id": cols["version_id"][j], "last_updated": cols["last_updated"][j],

@@ -44,6 +44,7 @@ from careloop.settings import Settings
 
 log = logging.getLogger(__name__)
 GROUP_ID = "careloop-transforms"
+MERGE_BATCHES = 2  # at most this many polled batches' worth of events in one lake commit (when they wait for it)
 
 
 @dataclass
@@ -203,26 +204,35 @@ class StreamRunner:
         inflight: deque[_InFlight] = deque()
         depth = max(1, self.map_workers)  # batches mapping while the oldest one commits
         polled = 0
-        committing: list[tuple[Any, _InFlight]] = []  # the batch whose lake commit runs in the commit thread
+        committing: list[tuple[Any, list[_InFlight]]] = []  # the batch whose lake commit runs in the commit thread
 
         def settle_commit(block: bool) -> bool:
             """Steps 4-6 for the batch whose lake commit finished (in order: one lake commit at a time)."""
             if not committing or not (block or committing[0][0].done()):
                 return False
-            future, flight = committing.pop()
+            future, flights = committing.pop()
             outcome, timing = future.result()  # a failed lake commit stops the runner here, offsets uncommitted
+            joined = flights[0] if len(flights) == 1 else _InFlight(
+                events=[e for f in flights for e in f.events], started=flights[0].started, batch_dir="")  # fmt: skip
             with gc_paused():
-                self._after_commit(flight, outcome, timing, consumer, summary)
+                self._after_commit(joined, outcome, timing, consumer, summary)
             return True
 
         def commit_oldest() -> None:
-            """Step 3 for the oldest mapped batch, in the commit thread: the main thread meanwhile polls and frames
-            the next batches (DuckDB releases the GIL while it writes)."""
+            """Step 3 for the oldest batch, in the commit thread: the main thread meanwhile polls and frames the next
+            batches (DuckDB releases the GIL while it writes). Batches behind it that are mapped already join it
+            (up to `MERGE_BATCHES` x batch_size events): a backlog pays the commit's fixed cost once, not per batch."""
             settle_commit(block=True)
-            flight = inflight.popleft()
+            flights = [inflight.popleft()]
+            size = len(flights[0].events)
+            while (
+                inflight and inflight[0].ready() and size + len(inflight[0].events) <= MERGE_BATCHES * self.batch_size
+            ):
+                size += len(inflight[0].events)
+                flights.append(inflight.popleft())
             seq = summary.batches
-            committing.append((commit_pool.submit(self._commit_lake, flight, consumer.lag(), seq, writer, lineage,
-                                                  run_id, con), flight))  # fmt: skip
+            committing.append((commit_pool.submit(self._commit_lake, flights, consumer.lag(), seq, writer, lineage,
+                                                  run_id, con), flights))  # fmt: skip
 
         def pump() -> None:
             """Called between polls: settle a finished lake commit; start the next one once the oldest batch is
@@ -312,27 +322,31 @@ class StreamRunner:
         flight.future = self._pool.submit(path, os.path.join(batch_dir, "out"))
         return flight
 
-    def _commit_lake(self, flight: _InFlight, lag: dict[tuple[str, int], int], seq: int, writer: Any, lineage: Any,
-                     run_id: str, con: Any) -> tuple[Any, dict[str, float]]:  # fmt: skip
-        """Step 3 of the module docstring for one mapped batch (runs in the commit thread), then one table's
-        compaction; returns the outcome and the batch's phase timings."""
+    def _commit_lake(self, flights: list[_InFlight], lag: dict[tuple[str, int], int], seq: int, writer: Any,
+                     lineage: Any, run_id: str, con: Any) -> tuple[Any, dict[str, float]]:  # fmt: skip
+        """Step 3 of the module docstring for one or more consecutive mapped batches, as ONE lake transaction (runs
+        in the commit thread), then one table's compaction; returns the outcome and the phase timings."""
+        from transforms.lake_writer import concat_batches
         from transforms.pipeline import read_prepared
 
-        events = flight.events
+        events = [e for f in flights for e in f.events]
         t_map = time.monotonic()
-        try:
-            results = flight.results if flight.results is not None else read_prepared(flight.future.result())
-        finally:
-            shutil.rmtree(flight.batch_dir, ignore_errors=True)
+        parts = []
+        for flight in flights:
+            try:
+                parts.append(flight.results if flight.results is not None else read_prepared(flight.future.result()))
+            finally:
+                shutil.rmtree(flight.batch_dir, ignore_errors=True)
+        results = concat_batches(parts)
         t_commit = time.monotonic()
-        elapsed = t_commit - flight.started
+        elapsed = t_commit - flights[0].started
         outcome = writer.commit(results, run_id=run_id, lineage=lineage, status={
             "batch_seq": seq, "mode": "stream", "events": len(events),
             "resources": results.size - len(results.deadletters),
             "batch_latency_ms": elapsed * 1000, "events_per_s": len(events) / elapsed if elapsed else None,
             "consumer_lag": sum(lag.values()),
             "lag_detail": orjson.dumps({f"{t}/{p}": n for (t, p), n in lag.items()}).decode()})  # fmt: skip
-        timing = {"events": len(events), "queued_ms": (t_map - flight.started) * 1000,
+        timing = {"events": len(events), "batches": len(flights), "queued_ms": (t_map - flights[0].started) * 1000,
                   "map_wait_ms": (t_commit - t_map) * 1000,
                   "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
         self._written.update(outcome.rows_by_table)

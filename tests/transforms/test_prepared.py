@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from careloop.duck import connect
-from transforms.lake_writer import LakeWriter, merge, prepare
+from transforms.lake_writer import LakeWriter, concat_batches, merge, prepare
 from transforms.pipeline import map_envelope, run_batch
 
 from .fhirdata import envelope, synthea_envelopes
@@ -29,6 +29,15 @@ def test_beam_chunks_merge_to_the_whole_batch_form(shared_data, vocab, tmp_path)
     assert (chunked.min_event_time, chunked.max_event_time) == (whole.min_event_time, whole.max_event_time)
     parts = [prepare([map_envelope(e, vocab) for e in envs[i : i + 50]], i) for i in range(0, len(envs), 50)]
     assert table_rows(merge(parts[::-1])) == table_rows(whole)  # chunk order does not matter
+
+
+def test_consecutive_batches_concatenate_to_one(shared_data, vocab) -> None:
+    """The stream commits batches that wait for the commit thread together: their indexes must not collide."""
+    results = [map_envelope(e, vocab) for e in synthea_envelopes(shared_data, 2)]
+    cut = len(results) // 3
+    joined = concat_batches([prepare(results[:cut]), prepare(results[cut:])])
+    assert table_rows(joined) == table_rows(prepare(results))
+    assert joined.src["_res"].to_pylist() == list(range(len(results)))
 
 
 def lake_state(con) -> dict[str, list]:

@@ -121,3 +121,25 @@ def test_values_that_are_not_json_become_dead_letters(stream_settings, shared_da
     assert len(letters) == 1
     assert letters[0]["reason"].startswith("value is not valid JSON")
     assert letters[0]["original_event_id"] == str(bad.headers.event_id)
+
+
+def test_batches_waiting_for_the_commit_thread_commit_together(stream_settings, shared_data) -> None:
+    """Mapped batches that wait while a lake commit runs join the next commit (one transaction, one status row):
+    the lake, lineage and offsets are exactly those of batch-by-batch commits."""
+    resources = synthea(shared_data, 3)
+    publish(stream_settings, resources)
+    seen: list[BatchCommit] = []
+    summary = StreamRunner(stream_settings, batch_size=60, max_wait_ms=100, map_workers=0,
+                           on_batch_committed=[seen.append]).run(until_idle=3)  # fmt: skip
+    assert summary.events == len(resources) == sum(c.events for c in seen)
+    assert max(t["batches"] for t in summary.timings) > 1  # in-process mapping: later batches are mapped at once
+    assert max(c.events for c in seen) > 60
+    con = connect(stream_settings)
+    assert actual_rows(con) == expected_rows(resources)
+    rows = con.execute("SELECT count(*) FROM omop.fhir_row_map").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM lineage.edges WHERE relation = 'mapped_to'").fetchone()[0] == rows
+    status = con.execute("SELECT sum(events), count(*) FROM omop.stream_status").fetchone()
+    assert status[0] == len(resources) and status[1] == summary.batches == len(seen)
+    con.close()
+    again = StreamRunner(stream_settings, batch_size=5000, map_workers=0).run(until_idle=3)
+    assert again.events == 0  # every offset was committed
