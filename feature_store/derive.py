@@ -497,10 +497,23 @@ def derive(
         unbounded: list[int] = []
         if lo is not None and include_latest:
             unbounded = [] if persons is None else _without_events_since(con, snap, persons, first, end)
-            if persons is None or len(unbounded) >= len(set(persons)):
+        while True:
+            if lo is not None and include_latest and (persons is None or len(unbounded) >= len(set(persons))):
                 lo, unbounded = None, []  # nobody (or nobody known) benefits from the bound: one plain read
-        _prepare(con, snap, persons, lo, unbounded)
-        _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
+            _prepare(con, snap, persons, lo, unbounded)
+            _grid(con, start, end, since, include_latest, snapshot_time(con, snap))
+            if lo is None or not include_latest:
+                break
+            # The probe looks at raw rows; the grid only at the rows features use. A person whose events since the
+            # bound are all unused (e.g. a measurement in no feature's concept set) needs their whole history too.
+            missed = con.execute(
+                "SELECT person_id FROM _fs_person EXCEPT SELECT person_id FROM _fs_g WHERE ts >= ? "
+                "EXCEPT SELECT unnest(?::BIGINT[])",
+                [first, unbounded],
+            ).fetchall()
+            if not missed:
+                break
+            unbounded = sorted({*unbounded, *(int(r[0]) for r in missed)})
         rows = con.execute(_features_sql()).to_arrow_table()
         edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
         ok = True

@@ -306,6 +306,12 @@ def test_bounded_history_derivation_equals_whole_history(fs_settings, fs_con):
     finally:
         fs_con.execute("ROLLBACK")
     assert 9 in unbounded and 8 not in unbounded
+    # a row that no feature uses (concept 0) is an event for the probe but not for the grid: still equal
+    snap = _late_measurement(fs_con, 9, datetime(2026, 5, 3, 9, 0, tzinfo=UTC), 0, 5.0, 0)
+    kw = dict(snapshot_id=snap, persons=[1, 8, 9], since=datetime(2026, 5, 1, tzinfo=UTC), end=datetime(2027, 1, 1),
+              include_latest=True)  # fmt: skip
+    bounded, whole = fs.derive(fs_con, **kw), fs.derive(fs_con, bound_history=False, **kw)
+    assert _rows_equal(bounded.rows, whole.rows) and 9 in bounded.rows.column("person_id").to_pylist()
     # person 9 has no event after 2026-05-01: their latest point is kept (derived from the whole history)
     late = fs.derive(fs_con, snapshot_id=snap, persons=[9], since=datetime(2026, 5, 1, tzinfo=UTC), include_latest=True)
     assert late.rows.num_rows == 1
