@@ -1,13 +1,14 @@
 """Beam mapping of micro-batches in a persistent worker process, so that the stream maps batch N+1 while the main
 process commits batch N to the lake (two cores busy instead of one).
 
-The worker runs the same `FhirToOmop` functions on its own in-process FnApiRunner; batches travel as files (the
-framed JSON lines the main process already writes), so nothing large is pickled on the way in. The worker also
-builds the columnar form the lake commit needs (`Prepared`: per-table Arrow tables, row map, flags, version
-sources), so the committing process does no per-row Python work; that comes back as pickled files (Arrow buffers
-pickle as flat bytes: loading 10k events' worth costs the committing process milliseconds). The worker is started
-once with the vocabulary (a spawn context: the main process has Kafka and DuckDB threads, which must not be
-forked).
+The worker runs the same `FhirToOmop` functions on its own in-process FnApiRunner — one pipeline for the worker's
+life, fed batch files through a queue (`transforms.pipeline.FeedMapper`: no pipeline build per batch). Batches
+travel as files (the framed JSON lines the main process already writes), so nothing large is pickled on the way
+in. The worker also builds the columnar form the lake commit needs (`Prepared`: per-table Arrow tables, row map,
+flags, version sources), so the committing process does no per-row Python work; that comes back as pickled files
+(Arrow buffers pickle as flat bytes: loading 10k events' worth costs the committing process milliseconds). The
+worker is started once with the vocabulary (a spawn context: the main process has Kafka and DuckDB threads, which
+must not be forked).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transforms.vocab import Vocabulary
 COLUMNAR_CHUNK = 5000
 
 _VOCAB: Vocabulary | None = None
+_FEED: Any = None
 
 
 def _init(codes: dict[Any, Any], units: dict[str, int]) -> None:
@@ -45,17 +47,24 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _map_file(path: str, out_dir: str, chunk: int) -> list[str]:
-    from transforms.pipeline import run_batch_file
+def _feed(chunk: int) -> Any:
+    """This worker's long-lived Beam pipeline (`transforms.pipeline.FeedMapper`), rebuilt if it failed."""
+    global _FEED
+    from transforms.pipeline import FeedMapper
 
     assert _VOCAB is not None, "worker not initialised"
+    if _FEED is None or _FEED.failed is not None:
+        _FEED = FeedMapper(_VOCAB, chunk)
+    return _FEED
+
+
+def _map_file(path: str, out_dir: str, chunk: int) -> list[str]:
     with gc_paused():
-        return run_batch_file(path, out_dir, _VOCAB, chunk=chunk, columnar=True)
+        return _feed(chunk).map_file(path, out_dir)
 
 
-def _warm() -> int:
-    import transforms.pipeline  # noqa: F401  (imports Beam once, before the first batch)
-
+def _warm(chunk: int) -> int:
+    _feed(chunk)  # imports Beam and starts the pipeline before the first batch
     return os.getpid()
 
 
@@ -67,7 +76,7 @@ class MappingPool:
         self.chunk = chunk
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init, initargs=(vocab.codes, vocab.units))  # fmt: skip
-        self._warmup = [self._pool.submit(_warm) for _ in range(workers)]
+        self._warmup = [self._pool.submit(_warm, chunk) for _ in range(workers)]
 
     def submit(self, path: str, out_dir: str) -> Future[list[str]]:
         """Map the batch file at `path`; the future's result is the files of its columnar form (pickled

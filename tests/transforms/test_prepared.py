@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from careloop.duck import connect
 from transforms.lake_writer import LakeWriter, concat_batches, merge, prepare
-from transforms.pipeline import map_envelope, run_batch
+from transforms.pipeline import FeedMapper, map_envelope, read_prepared, run_batch, write_batch
 
 from .fhirdata import envelope, synthea_envelopes
 
@@ -29,6 +31,25 @@ def test_beam_chunks_merge_to_the_whole_batch_form(shared_data, vocab, tmp_path)
     assert (chunked.min_event_time, chunked.max_event_time) == (whole.min_event_time, whole.max_event_time)
     parts = [prepare([map_envelope(e, vocab) for e in envs[i : i + 50]], i) for i in range(0, len(envs), 50)]
     assert table_rows(merge(parts[::-1])) == table_rows(whole)  # chunk order does not matter
+
+
+def test_long_lived_feed_pipeline_maps_batch_after_batch(shared_data, vocab, tmp_path) -> None:
+    """The mapping worker's one Beam pipeline: each batch file fed to it gives the whole-batch form; a batch that
+    cannot be read fails alone, and the pipeline keeps mapping the next ones."""
+    envs = synthea_envelopes(shared_data, 2)
+    half = len(envs) // 2
+    feed = FeedMapper(vocab, chunk=83)
+    try:
+        for i, batch in enumerate((envs[:half], envs[half:])):
+            write_batch(batch, str(tmp_path / f"b{i}.jsonl"))
+            got = read_prepared(feed.map_file(str(tmp_path / f"b{i}.jsonl"), str(tmp_path / f"out{i}")))
+            assert table_rows(got) == table_rows(prepare([map_envelope(e, vocab) for e in batch]))
+        with pytest.raises(FileNotFoundError):
+            feed.map_file(str(tmp_path / "missing.jsonl"), str(tmp_path / "out-missing"))
+        again = read_prepared(feed.map_file(str(tmp_path / "b0.jsonl"), str(tmp_path / "out-again")))
+        assert again.size == half
+    finally:
+        feed.close()
 
 
 def test_consecutive_batches_concatenate_to_one(shared_data, vocab) -> None:
