@@ -135,6 +135,12 @@ class Prepared:
         return self.src.num_rows
 
 
+def _str(value: Any) -> str | None:
+    """Source metadata as text: a payload's `meta.lastUpdated` may be any JSON type, and one odd event must not make
+    the batch's Arrow column untypeable (the lake columns are VARCHAR; `compare` parses text)."""
+    return None if value is None else str(value)
+
+
 def _iso(value: Any) -> str | None:
     t = _ts(value)
     return None if t is None else t.isoformat()
@@ -155,10 +161,10 @@ def prepare(results: list[dict[str, Any]], start: int = 0) -> Prepared:
         seq = s.get("seq") or (0, 0)
         vid = s.get("version_id")
         for c, v in (("_res", i), ("status", r["status"]), ("kind", s.get("kind")),
-                     ("resource_type", s.get("resource_type")), ("resource_id", s.get("resource_id")),
-                     ("person_key", s.get("person_key")), ("version_id", vid), ("version_rank", _rank(vid)),
-                     ("last_updated", s.get("last_updated")), ("last_updated_ts", _iso(s.get("last_updated"))),
-                     ("content_hash", s.get("content_hash")), ("event_id", s.get("event_id")),
+                     ("resource_type", _str(s.get("resource_type"))), ("resource_id", _str(s.get("resource_id"))),
+                     ("person_key", _str(s.get("person_key"))), ("version_id", _str(vid)), ("version_rank", _rank(vid)),
+                     ("last_updated", _str(s.get("last_updated"))), ("last_updated_ts", _iso(s.get("last_updated"))),
+                     ("content_hash", _str(s.get("content_hash"))), ("event_id", _str(s.get("event_id"))),
                      ("kafka_ref", s.get("kafka_ref")),
                      ("node", fhir_node(s) if s.get("resource_type") and s.get("resource_id") else None),
                      ("part", seq[0] or 0), ("off", seq[1] or 0)):  # fmt: skip

@@ -107,3 +107,23 @@ def test_committing_prepared_equals_committing_results(omop_settings, shared_dat
     assert outcomes[1].stale >= 6 + 40  # the late older versions and the re-delivered events changed nothing
     assert outcomes[1].deleted == 3
     con.close()
+
+
+def test_odd_metadata_types_do_not_break_a_batch(omop_settings, shared_data, vocab) -> None:
+    """`meta.lastUpdated` / `versionId` come from the payload and may be any JSON type: one such event must not
+    make the batch's columns untypeable (which would stop the stream on that batch forever)."""
+    envs = synthea_envelopes(shared_data, 1)
+    odd = copy.deepcopy(next(e for e in envs if e["value"]["resourceType"] == "Observation"))
+    odd["value"]["id"] = "odd-meta"
+    odd["value"]["meta"] = {"versionId": 7, "lastUpdated": 20240101}
+    odd["offset"] = 10_000
+    usual = copy.deepcopy(odd)
+    usual["value"]["id"], usual["offset"] = "usual-meta", 10_001
+    usual["value"]["meta"] = {"versionId": "1", "lastUpdated": "2024-01-02T00:00:00Z"}
+    envs = [*envs, usual]
+    con = connect(omop_settings)
+    out = LakeWriter(con).commit([map_envelope(e, vocab) for e in [*envs, odd]])
+    assert out.applied + out.skipped + out.deleted + len(out.deadletters) + out.stale == len(envs) + 1
+    assert con.execute("SELECT version_id, version_rank, last_updated::DATE::VARCHAR FROM omop.fhir_source_versions "
+                       "WHERE resource_id = 'odd-meta'").fetchall() == [("7", 7, "2024-01-01")]  # fmt: skip
+    con.close()
