@@ -186,9 +186,15 @@ def main() -> None:
 
             feature_hooks = make_feature_hooks(settings, True)
             fresh_runner.hooks.extend(feature_hooks)
-        fresh_runner.hooks.append(lambda c: latencies.extend(time.monotonic() - published.pop(eid)
-                                                             for eid in batch_ids.pop(c.batch_id, [])
-                                                             if eid in published))  # fmt: skip
+        worst: list[float] = []  # per batch, its oldest event's latency (in batch order)
+
+        def probe(c: Any) -> None:
+            now = time.monotonic()
+            got = [now - published.pop(eid) for eid in batch_ids.pop(c.batch_id, []) if eid in published]
+            latencies.extend(got)
+            worst.append(max(got, default=0.0))
+
+        fresh_runner.hooks.append(probe)
         fresh_summary: list[Any] = []
         th = threading.Thread(target=lambda: fresh_summary.append(fresh_runner.run(until_idle=4)), daemon=True)
         # consume from the end: the fresh group starts at the earliest offset, so skip what the e2e phase published
@@ -225,6 +231,8 @@ def main() -> None:
         if fresh_summary:  # where a batch's time went (medians over the batches of this phase)
             tm = fresh_summary[0].timings
             fresh["batches"] = len(tm)
+            fresh["per_batch"] = [{"worst_latency_s": round(w, 3), **{k: round(v) for k, v in t.items()}}
+                                  for w, t in zip(worst, tm, strict=False)]  # fmt: skip
             for name, q in (("median", 0.5), ("p90", 0.9), ("max", 1.0)):
                 fresh[f"batch_phase_{name}_ms"] = {k: percentile([t[k] for t in tm if k in t], q) for k in
                                                    (tm[0] if tm else {})}  # fmt: skip

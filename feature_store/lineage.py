@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from careloop.duck import transaction
-from careloop.events import utcnow
 from careloop.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +28,7 @@ def insert_edges(
 ) -> int:
     """Insert `edges` (src_kind, src_id, dst_kind, dst_id) into `lineage.edges` in one transaction, as one
     set-based INSERT (a row-by-row writer would be the bottleneck at training-set sizes)."""
-    from lineage import LineageWriter, ensure_schema
+    from lineage import LineageWriter, ensure_schema, insert_edges_from
 
     key = str(settings.home_dir)
     if key not in _schema_ready:  # checking costs a catalog query (~0.1 s): once per lake and process
@@ -38,14 +37,14 @@ def insert_edges(
     writer = LineageWriter(settings, con=con)
     if run_id is None:
         run_id = writer.start_run(job, dict(params or {}), flush=False)
-    now = utcnow()
 
     def body(c: duckdb.DuckDBPyConnection) -> int:
         writer.write_into(c)
-        c.execute(
-            "INSERT INTO lineage.edges (run_id, src_kind, src_id, dst_kind, dst_id, relation, recorded_at, attrs) "
-            "SELECT ?, src_kind, src_id, dst_kind, dst_id, ?, ?, NULL FROM _fs_edges",
-            [run_id, relation, now],
+        insert_edges_from(
+            c,
+            "SELECT src_kind, src_id, dst_kind, dst_id, $relation, NULL FROM _fs_edges",
+            {"relation": relation},
+            run_id=run_id,
         )
         return edges.num_rows
 

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from lineage.store import ensure_schema, open_store
-from lineage.writer import IngestRecord, LineageWriter
+from lineage.writer import IngestRecord, LineageWriter, insert_edges_from
 
-__all__ = ["IngestRecord", "LineageWriter", "ensure_schema", "open_store"]
+__all__ = ["IngestRecord", "LineageWriter", "ensure_schema", "insert_edges_from", "open_store"]

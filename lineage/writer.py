@@ -293,3 +293,17 @@ class LineageWriter:
         if self.run_id is not None and exc_type is not None:
             self.end_run("failed", message=type(exc).__name__)
         self.flush()
+
+
+def insert_edges_from(con: duckdb.DuckDBPyConnection, select_sql: str, params: Mapping[str, Any] | None = None, *,
+                      run_id: str | None) -> None:  # fmt: skip
+    """Set-based edges inside the caller's open transaction: `select_sql` yields (src_kind, src_id, dst_kind, dst_id,
+    relation, attrs JSON text or NULL) rows, typically from tables the caller registered. For stages whose lineage is
+    too large for row-by-row buffering (a stream batch's per-record edges, a training set's feature edges); the
+    `edges` table's layout stays this package's business. `params` are named (`$name`); `$_run`/`$_now` are taken."""
+    con.execute(
+        "INSERT INTO lineage.edges (run_id, src_kind, src_id, dst_kind, dst_id, relation, recorded_at, attrs) "
+        f"SELECT $_run, src_kind, src_id, dst_kind, dst_id, relation, $_now, attrs FROM ({select_sql}) "
+        "AS e(src_kind, src_id, dst_kind, dst_id, relation, attrs)",
+        {**(params or {}), "_run": run_id, "_now": utcnow()},
+    )

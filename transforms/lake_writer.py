@@ -522,21 +522,23 @@ class LakeWriter:
 
     @staticmethod
     def _insert_edges(con: duckdb.DuckDBPyConnection, src: Any, row_map: Any, run_id: str | None) -> None:
-        """Lineage per record, built in SQL from the applied sources and their row map (the lineage schema's
-        `edges` columns; attrs JSON as `LineageWriter.edge_rows` writes it): kafka -> fhir/dicom version
+        """Lineage per record, built in SQL from the applied sources and their row map (attrs JSON as
+        `LineageWriter.edge_rows` writes it): kafka -> fhir/dicom version
         ("carried") and fhir/dicom version -> omop row ("mapped_to")."""
+        from lineage import insert_edges_from
+
         con.register("_src", src)
         con.register("_rm", row_map)
         try:
-            con.execute(
-                "INSERT INTO lineage.edges (run_id, src_kind, src_id, dst_kind, dst_id, relation, recorded_at, attrs) "
-                "SELECT $run, 'kafka', kafka_ref, CASE WHEN kind = 'fhir' THEN 'fhir' ELSE 'dicom' END, node, "
-                "'carried', $now, json_object('event_id', event_id)::VARCHAR FROM _src WHERE kafka_ref IS NOT NULL "
+            insert_edges_from(
+                con,
+                "SELECT 'kafka', kafka_ref, CASE WHEN kind = 'fhir' THEN 'fhir' ELSE 'dicom' END, node, 'carried', "
+                "json_object('event_id', event_id)::VARCHAR FROM _src WHERE kafka_ref IS NOT NULL "
                 "UNION ALL "
-                "SELECT $run, s.kind, s.node, 'omop', m.omop_table || '/' || m.omop_row_id, 'mapped_to', $now, "
+                "SELECT s.kind, s.node, 'omop', m.omop_table || '/' || m.omop_row_id, 'mapped_to', "
                 "json_object('event_id', s.event_id, 'kafka', s.kafka_ref)::VARCHAR "
                 "FROM _rm m JOIN _src s USING (_res)",
-                {"run": run_id, "now": utcnow()},
+                run_id=run_id,
             )
         finally:
             con.unregister("_src")
