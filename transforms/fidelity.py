@@ -95,10 +95,10 @@ def stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         n, m = q(f"SELECT count(*), count(*) FILTER (WHERE {col} <> 0) FROM omop.{t}")[0]
         s["mapped_share"][t] = m / n if n else None
         s["top_unmapped"][t] = q(f"SELECT {SOURCE_COL[t]}, count(*) FROM omop.{t} WHERE {col} = 0 GROUP BY 1 "
-                                 "ORDER BY 2 DESC LIMIT 3")  # fmt: skip
+                                 "ORDER BY 2 DESC, 1 LIMIT 3")  # fmt: skip
     s["visit_mix"] = dict(q("SELECT visit_concept_id, count(*) FROM omop.visit_occurrence GROUP BY 1"))
     s["top_observation"] = q("SELECT observation_source_value, count(*) FROM omop.observation GROUP BY 1 "
-                             "ORDER BY 2 DESC LIMIT 5")  # fmt: skip
+                             "ORDER BY 2 DESC, 1 LIMIT 5")  # fmt: skip
     try:  # ours only: drug rows that came from Immunization resources (CVX)
         n, m = q("SELECT count(*), count(*) FILTER (WHERE d.drug_concept_id <> 0) FROM omop.drug_exposure d "
                  "JOIN omop.fhir_row_map r ON r.omop_table = 'drug_exposure' AND r.omop_row_id = d.drug_exposure_id "
