@@ -351,7 +351,9 @@ class StreamRunner:
                   "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
         self._written.update(outcome.rows_by_table)
         if self.compact_every and (seq + 1) % self.compact_every == 0:
+            t_compact = time.monotonic()
             self._compact_one(con)
+            timing["compact_ms"] = (time.monotonic() - t_compact) * 1000
         return outcome, timing
 
     def _after_commit(self, flight: _InFlight, outcome: Any, timing: dict[str, float], consumer: Any,
@@ -392,7 +394,10 @@ class StreamRunner:
     def _timed_hooks(self, commit: BatchCommit, timing: dict[str, float]) -> None:
         t = time.monotonic()
         try:
-            self._run_hooks(commit)
+            for result in self._run_hooks(commit):  # a hook may report its own phases: `{"<phase>_s": seconds}`
+                if isinstance(result, dict):
+                    timing.update({f"hook_{k[:-2]}_ms": v * 1000 for k, v in result.items()
+                                   if k.endswith("_s") and isinstance(v, float)})  # fmt: skip
         finally:
             timing["hooks_ms"] = (time.monotonic() - t) * 1000
 
@@ -430,11 +435,12 @@ class StreamRunner:
                 break
         return events
 
-    def _run_hooks(self, commit: BatchCommit) -> None:
+    def _run_hooks(self, commit: BatchCommit) -> list[Any]:
+        results = []
         for hook in self.hooks:
             for attempt in range(self.hook_attempts):
                 try:
-                    hook(commit)
+                    results.append(hook(commit))
                     break
                 except Exception as err:
                     if attempt == self.hook_attempts - 1:
@@ -443,6 +449,7 @@ class StreamRunner:
                             f"times ({type(err).__name__}: {err}); offsets not committed"
                         ) from err
                     time.sleep(min(self.hook_backoff_s * 2**attempt, 10.0))
+        return results
 
     def _publish_deadletters(self, deadletters: list[dict[str, Any]]) -> None:
         from careloop.kafka import EventProducer
@@ -469,11 +476,18 @@ BOOKKEEPING_TABLES = (("omop", "fhir_source_versions"), ("omop", "fhir_row_map")
                       ("lineage", "edges"))  # fmt: skip
 
 
+# Files at least this big are never merged again. Without a bound every merge rewrote the table's whole (merged)
+# history, so a compaction's cost grew with the lake: a steady 200 events/s stream stalled ~1 s whenever the turn
+# came to a big table (lineage edges, source versions). With it a merge costs at most a few MB of rewrite.
+COMPACT_MAX_FILE_BYTES = 2 << 20
+
+
 def _compact_table(con: Any, schema: str, table: str) -> None:
     """Every commit writes a new small Parquet file per table it touches; merging them keeps scans (version
     lookups, the feature hook, analysts) fast."""
     try:
-        con.execute(f"CALL ducklake_merge_adjacent_files('lake', '{table}', schema => '{schema}')")
+        con.execute(f"CALL ducklake_merge_adjacent_files('lake', '{table}', schema => '{schema}', "
+                    f"max_file_size => {COMPACT_MAX_FILE_BYTES})")  # fmt: skip
     except Exception:
         log.warning("lake compaction of %s.%s skipped", schema, table, exc_info=True)
 

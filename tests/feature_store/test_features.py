@@ -436,3 +436,35 @@ def test_stream_hook_fails_whole_when_online_store_is_unavailable_then_retry_suc
     )
     assert got.to_dict()["heart_rate_latest"] == [88.0]
     assert len(set(folder.glob("*.parquet")) - before) == 1
+
+
+def test_offline_compaction_merges_one_view_per_push_and_keeps_every_row(tmp_path):
+    """Each push adds a part per view; compaction merges at most one view per push (no stall where every view is
+    merged at once), keeps the part count bounded, never rewrites big parts, and loses no row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feature_store.push import COMPACT_AT, SMALL_PART, compact_most_fragmented
+    from feature_store.repo import RepoPaths
+
+    paths = RepoPaths(tmp_path, parts=True)
+    views = ["a", "b", "c"]
+    for v in views:
+        paths.part_dir(v).mkdir(parents=True)
+    big = paths.part_dir("a") / "0-big.parquet"  # a part over SMALL_PART (incompressible) stays as it is
+    pq.write_table(pa.table({"x": pa.array(range(1, SMALL_PART // 4), pa.int64())}), big, compression="none")
+    big_rows = pq.read_metadata(big).num_rows
+    merged_per_push = []
+    for i in range(3 * COMPACT_AT):
+        for v in views:
+            pq.write_table(pa.table({"x": [-(i * 10 + len(v))]}), paths.part_dir(v) / f"{i:05d}.parquet")
+        merged_per_push.append(compact_most_fragmented(paths, views))
+        counts = [len(list(paths.part_dir(v).glob("*.parquet"))) for v in views]
+        assert max(counts) <= COMPACT_AT + len(views) + 1
+    assert all(n == 0 or n > COMPACT_AT for n in merged_per_push) and sum(map(bool, merged_per_push)) >= len(views)
+    assert big.exists() and pq.read_metadata(big).num_rows == big_rows
+    for v in views:
+        rows = pa.concat_tables([pq.read_table(p) for p in paths.part_dir(v).glob("*.parquet")]).column("x")
+        small = sorted(x for x in rows.to_pylist() if x < 0)
+        assert small == sorted(-(i * 10 + len(v)) for i in range(3 * COMPACT_AT))  # each once: none lost or doubled
+    assert not list(tmp_path.rglob("*.tmp"))
