@@ -82,6 +82,51 @@ def events_for(pairs: list[tuple[str, dict[str, Any]]]) -> list[Any]:
         occurred_at=utcnow(), content_hash=content_hash(r))) for k, r in pairs]  # fmt: skip
 
 
+class GcPauses:
+    """Collector passes of this (the runner's) process longer than 20 ms: they hold the interpreter lock, so they
+    show up directly in batch latencies."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif (d := time.perf_counter() - self._start) > 0.02:
+            self.pauses.append(d)
+
+    def summary(self) -> dict[str, Any]:
+        return {"count": len(self.pauses), "total_s": round(sum(self.pauses), 3),
+                "max_s": round(max(self.pauses, default=0.0), 3)}  # fmt: skip
+
+
+def publish_steady(settings: Any, base: list[dict[str, Any]], rate: float, n: int, conn: Any) -> None:
+    """The freshness load, in its own process (as an EHR feed would be): `n` new resources at a steady `rate`.
+    Sends "ready" once the events are built, waits for "go", then returns {event_id: publish time} — monotonic
+    clock times, which are system-wide, so the parent can compare them with its own. In the runner's process the
+    pre-built events (~500k Python objects) would only add garbage-collector work that no deployment has."""
+    from careloop.kafka import EventProducer
+
+    pairs = [(k, {**r, "id": r["id"] + "-f"}) for k, r in replicate(base, n)]
+    events = events_for(pairs)
+    published: dict[str, float] = {}
+    with EventProducer(settings) as p:
+        conn.send("ready")
+        conn.recv()
+        t_start = time.monotonic()
+        for i, ev in enumerate(events):
+            delay = t_start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            published[str(ev.headers.event_id)] = time.monotonic()
+            p.send_async(settings.topic("fhir"), ev)
+            if i % 200 == 0:
+                p.flush()
+        p.flush()
+    conn.send(published)
+
+
 def baseline(settings: Any, n: int) -> dict[str, float]:
     """Consume the topic with the same Kafka client and JSON-parse every value, nothing else."""
     import orjson
@@ -133,6 +178,7 @@ def main() -> None:
             for i in range(0, len(events), 5000):
                 p.send_many(settings.topic("fhir"), events[i : i + 5000])
         publish_s = time.monotonic() - t
+        del pairs, events  # the load lives in Kafka now; kept here, it would only slow the runner's collector
         print(f"published {n} resources in {publish_s:.1f} s", file=sys.stderr)
 
         base_res = baseline(settings, n)
@@ -165,11 +211,16 @@ def main() -> None:
                "map_workers": runner.map_workers}  # fmt: skip
         print(f"end to end: {e2e['events_per_s']:.0f} resources/s ({summary.batches} batches)", file=sys.stderr)
 
-        # freshness: steady publish rate, small batches; latency = lake commit - publish time of each event
-        fresh_pairs = replicate(base, int(args.rate * fresh_s))
-        fresh_pairs = [(k, {**r, "id": r["id"] + "-f"}) for k, r in fresh_pairs]
-        published: dict[str, float] = {}
-        latencies: list[float] = []
+        # freshness: steady publish rate (from another process), small batches; latency = the batch's lake commit
+        # (and, with --with-features, its feature push) - publish time of each of its events
+        import multiprocessing
+
+        n_fresh = int(args.rate * fresh_s)
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        publisher = ctx.Process(target=publish_steady, args=(settings, base, args.rate, n_fresh, child_conn))
+        publisher.start()
+        done_at: list[tuple[float, list[str]]] = []  # per batch: when its hooks finished, its event ids
 
         fresh_runner = StreamRunner(settings, batch_size=5000, max_wait_ms=200, group_id="fresh")
         batch_ids: dict[str, list[str]] = {}  # lake batch id -> event ids of that batch
@@ -189,10 +240,7 @@ def main() -> None:
         worst: list[float] = []  # per batch, its oldest event's latency (in batch order)
 
         def probe(c: Any) -> None:
-            now = time.monotonic()
-            got = [now - published.pop(eid) for eid in batch_ids.pop(c.batch_id, []) if eid in published]
-            latencies.extend(got)
-            worst.append(max(got, default=0.0))
+            done_at.append((time.monotonic(), batch_ids.pop(c.batch_id, [])))
 
         fresh_runner.hooks.append(probe)
         fresh_summary: list[Any] = []
@@ -206,28 +254,30 @@ def main() -> None:
             got += len(pre.poll(timeout_ms=1000, max_records=10_000))
         pre.commit()
         pre.close()
+        import gc
+
+        pauses = GcPauses()
+        gc.callbacks.append(pauses)
         th.start()
         time.sleep(4)  # group join
-        fevents = events_for(fresh_pairs)
-        with EventProducer(settings) as p:
-            t_start = time.monotonic()
-            for i, ev in enumerate(fevents):
-                target = t_start + i / args.rate
-                delay = target - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                published[str(ev.headers.event_id)] = time.monotonic()
-                p.send_async(settings.topic("fhir"), ev)
-                if i % 200 == 0:
-                    p.flush()
-            p.flush()
+        if conn.recv() != "ready":
+            raise RuntimeError("the freshness publisher did not start")
+        conn.send("go")
+        published: dict[str, float] = conn.recv()
+        publisher.join(30)
         th.join(timeout=120)
+        gc.callbacks.remove(pauses)
+        latencies: list[float] = []
+        for t_done, ids in done_at:
+            got = [t_done - published[eid] for eid in ids if eid in published]
+            latencies.extend(got)
+            worst.append(max(got, default=0.0))
         for hook in feature_hooks:
             hook.close()
         StreamRunner._after_commit = orig_after  # type: ignore[method-assign]
-        fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": len(fevents),
+        fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": n_fresh,
                  "measured": len(latencies), "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
-                 "max_s": max(latencies) if latencies else None}  # fmt: skip
+                 "max_s": max(latencies) if latencies else None, "gc_pauses_over_20ms": pauses.summary()}  # fmt: skip
         if fresh_summary:  # where a batch's time went (medians over the batches of this phase)
             tm = fresh_summary[0].timings
             fresh["batches"] = len(tm)

@@ -8,8 +8,10 @@ cannot write to two attached databases at once). Analysts `USE lake`, so `omop.p
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +59,7 @@ def connect(settings: Settings, *, attach: bool = True, read_only: bool = False)
             con.execute(f"LOAD '{extension_file(name)}'")
     except duckdb.Error as err:
         raise LakeError(f"cannot load DuckDB extensions: {err}") from err
+    _gate_paths.pop(id(con), None)  # a closed connection's id may be reused
     if attach:
         attach_lake(con, settings, read_only=read_only)
     return con
@@ -98,6 +101,74 @@ def attach_lake(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only
                 raise LakeError(f"cannot open the lake catalog {catalog}: {err}") from err
             time.sleep(0.05 * (attempt + 1))
     con.execute(f"USE {LAKE_ALIAS}")
+    _gate_paths[id(con)] = catalog.with_name("catalog.gate")
+
+
+# -- the catalog gate --------------------------------------------------------------------------------------------
+# DuckDB's SQLite extension opens a catalog connection at a transaction's first lake access and closes it at its
+# end (the last one out checkpoints the WAL). Another process opening or closing at that moment gets SQLITE_BUSY,
+# and the SQLite inside the extension is built without usleep: its busy handler and WAL retries sleep WHOLE
+# SECONDS. Measured with one writer and one reader process in tight loops for 20 s: 15 stalls of 1.0-2.0 s; with
+# the gate below, none. The stream runner and the feature hook (the hot path) open and close their lake
+# transactions under this gate: an exclusive lock file next to the catalog, held for the moments the catalog
+# connection is opened or closed, not for the transaction. Other lake users (analysts, the gateway) do not take it
+# and may still meet a rare one-second wait.
+_gate_paths: dict[int, Path] = {}
+_gates: dict[Path, _Gate] = {}
+_gates_lock = threading.Lock()
+
+
+class _Gate:
+    """A per-process re-entrant lock plus an exclusive `flock` shared with other processes on the same lake."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        import fcntl
+        import os
+
+        self._lock.acquire()
+        try:
+            if self._depth == 0:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+
+def catalog_gate(con: duckdb.DuckDBPyConnection) -> contextlib.AbstractContextManager[None]:
+    """Hold while a statement opens or closes the lake's catalog connection (BEGIN + first lake access, COMMIT,
+    ROLLBACK, or a whole autocommit statement); a no-op for a connection without the lake."""
+    path = _gate_paths.get(id(con))
+    if path is None:
+        return contextlib.nullcontext()
+    with _gates_lock:
+        gate = _gates.get(path)
+        if gate is None:
+            gate = _gates[path] = _Gate(path)
+    return gate
+
+
+def open_catalog(con: duckdb.DuckDBPyConnection) -> None:
+    """A transaction's first lake access, so that its catalog connection opens now (call it under the gate)."""
+    con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE_ALIAS}')").fetchall()
 
 
 def is_conflict(err: Exception) -> bool:
@@ -136,16 +207,20 @@ def after_commit(con: duckdb.DuckDBPyConnection, fn: Callable[[], None]) -> None
 def transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
     """`body` inside BEGIN/COMMIT, retried as a whole on commit conflicts."""
 
+    gate = catalog_gate(con)
+
     def run() -> T:
         _active[id(con)] = []
         con.execute("BEGIN TRANSACTION")
         try:
+            if id(con) in _gate_paths:
+                with gate:
+                    open_catalog(con)
             result = body(con)
-            con.execute("COMMIT")
+            with gate:
+                con.execute("COMMIT")
         except BaseException:
-            import contextlib
-
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), gate:
                 con.execute("ROLLBACK")
             _active.pop(id(con), None)
             raise

@@ -521,7 +521,10 @@ def derive(
         for t in (*_TEMP, "_fs_person0", "_fs_d0", "_fs_pay0"):
             con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
         if own:
-            con.execute("COMMIT" if ok else "ROLLBACK")
+            from careloop.duck import catalog_gate
+
+            with catalog_gate(con):
+                con.execute("COMMIT" if ok else "ROLLBACK")
     if edges is None:
         import pyarrow as pa
 
@@ -568,10 +571,14 @@ def _begin(con: duckdb.DuckDBPyConnection) -> bool:
     metadata once instead of once per query (measured: ~5 ms per lake query saved). Returns whether it began one."""
     import duckdb
 
+    from careloop.duck import catalog_gate, open_catalog
+
     try:
         con.execute("BEGIN TRANSACTION")
     except duckdb.TransactionException:
         return False
+    with catalog_gate(con):  # the stream's hot path: see careloop.duck on the catalog gate
+        open_catalog(con)
     return True
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from careloop.duck import transaction
+from careloop.duck import catalog_gate, transaction
 from careloop.events import utcnow
 from transforms.ids import omop_id
 from transforms.mapping import PK
@@ -356,7 +356,8 @@ class LakeWriter:
 
         transaction(self.con, body)
         outcome = outcome_box[0]
-        outcome.snapshot_id = self.con.execute("SELECT * FROM ducklake_current_snapshot('lake')").fetchone()[0]
+        with catalog_gate(self.con):
+            outcome.snapshot_id = self.con.execute("SELECT * FROM ducklake_current_snapshot('lake')").fetchone()[0]
         return outcome
 
     def _apply(

@@ -21,6 +21,7 @@ a deployment with Java can run the same PTransforms behind Beam's own Kafka IO.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -183,6 +184,8 @@ class StreamRunner:
             log.warning("the vocabulary is empty: every code maps to concept 0 (run `careloop vocab load`)")
         self._vocab = vocab
         self._pool = MappingPool(vocab, self.map_workers) if self.map_workers else None
+        # Imports and the vocabulary are permanent: the collector need not walk them again (as in the workers).
+        gc.freeze()
         self._hook_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-hooks") if self.hooks else None
         commit_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-lake-commit")
         self._pending_hooks = None
@@ -485,9 +488,12 @@ COMPACT_MAX_FILE_BYTES = 2 << 20
 def _compact_table(con: Any, schema: str, table: str) -> None:
     """Every commit writes a new small Parquet file per table it touches; merging them keeps scans (version
     lookups, the feature hook, analysts) fast."""
+    from careloop.duck import catalog_gate
+
     try:
-        con.execute(f"CALL ducklake_merge_adjacent_files('lake', '{table}', schema => '{schema}', "
-                    f"max_file_size => {COMPACT_MAX_FILE_BYTES})")  # fmt: skip
+        with catalog_gate(con):  # a whole transaction of its own (see careloop.duck on the catalog gate)
+            con.execute(f"CALL ducklake_merge_adjacent_files('lake', '{table}', schema => '{schema}', "
+                        f"max_file_size => {COMPACT_MAX_FILE_BYTES})")  # fmt: skip
     except Exception:
         log.warning("lake compaction of %s.%s skipped", schema, table, exc_info=True)
 
