@@ -40,12 +40,13 @@ def synthea_resources() -> list[dict[str, Any]]:
     return out
 
 
-def replicate(base: list[dict[str, Any]], n: int) -> list[tuple[str, dict[str, Any]]]:
-    """n (person key, resource) pairs: copies of `base` with every id and reference suffixed per copy."""
+def replicate(base: list[dict[str, Any]], n: int, first_copy: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """n (person key, resource) pairs: copies of `base` with every id and reference suffixed per copy (numbered
+    from `first_copy`, so that a later load is new patients, each with its own Patient resource)."""
     ids = {r["id"] for r in base}
     texts = [(r["resourceType"], json.dumps(r)) for r in base]
     out: list[tuple[str, dict[str, Any]]] = []
-    copy = 0
+    copy = first_copy
     while len(out) < n:
         for _, text in texts:
             t = text
@@ -101,14 +102,15 @@ class GcPauses:
                 "max_s": round(max(self.pauses, default=0.0), 3)}  # fmt: skip
 
 
-def publish_steady(settings: Any, base: list[dict[str, Any]], rate: float, n: int, conn: Any) -> None:
+def publish_steady(settings: Any, base: list[dict[str, Any]], rate: float, n: int, first_copy: int,
+                   conn: Any) -> None:  # fmt: skip
     """The freshness load, in its own process (as an EHR feed would be): `n` new resources at a steady `rate`.
     Sends "ready" once the events are built, waits for "go", then returns {event_id: publish time} — monotonic
     clock times, which are system-wide, so the parent can compare them with its own. In the runner's process the
     pre-built events (~500k Python objects) would only add garbage-collector work that no deployment has."""
     from careloop.kafka import EventProducer
 
-    pairs = [(k, {**r, "id": r["id"] + "-f"}) for k, r in replicate(base, n)]
+    pairs = replicate(base, n, first_copy)
     events = events_for(pairs)
     published: dict[str, float] = {}
     with EventProducer(settings) as p:
@@ -218,7 +220,9 @@ def main() -> None:
         n_fresh = int(args.rate * fresh_s)
         ctx = multiprocessing.get_context("spawn")
         conn, child_conn = ctx.Pipe()
-        publisher = ctx.Process(target=publish_steady, args=(settings, base, args.rate, n_fresh, child_conn))
+        first_copy = -(-n // len(base))  # after the throughput phase's copies: new patients, linked to their Patient
+        publisher = ctx.Process(target=publish_steady, args=(settings, base, args.rate, n_fresh, first_copy,
+                                                             child_conn))  # fmt: skip
         publisher.start()
         done_at: list[tuple[float, list[str]]] = []  # per batch: when its hooks finished, its event ids
 

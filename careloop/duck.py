@@ -72,16 +72,28 @@ def lake_paths(settings: Settings) -> tuple[Path, Path]:
     return root / "catalog.sqlite", data
 
 
+_wal_checked: set[tuple[str, int]] = set()
+
+
 def _use_wal(catalog: Path) -> None:
     """Put the SQLite catalog in WAL mode (persistent in the file): in the default rollback-journal mode one
     connection's open read blocks every writer's commit, which stalls the stream runner, the feature hook and the
     gateway's lineage writer that share the lake. WAL lets readers and one writer proceed together."""
     import sqlite3
 
+    def key() -> tuple[str, int]:
+        return str(catalog), catalog.stat().st_ino if catalog.exists() else -1
+
+    if key() in _wal_checked:  # once per process and file: this opens the file with another SQLite library, which
+        return  # is better done before this process's DuckDB connections hold locks on it
     try:
-        with sqlite3.connect(catalog, timeout=30) as db:
+        db = sqlite3.connect(catalog, timeout=30)
+        try:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        _wal_checked.add(key())
     except sqlite3.Error:
         pass  # another process is switching it right now; WAL is sticky once set
 
@@ -109,7 +121,7 @@ def attach_lake(con: duckdb.DuckDBPyConnection, settings: Settings, *, read_only
 # end (the last one out checkpoints the WAL). Another process opening or closing at that moment gets SQLITE_BUSY,
 # and the SQLite inside the extension is built without usleep: its busy handler and WAL retries sleep WHOLE
 # SECONDS. Measured with one writer and one reader process in tight loops for 20 s: 15 stalls of 1.0-2.0 s; with
-# the gate below, none. The stream runner and the feature hook (the hot path) open and close their lake
+# the gate below on both, 1 each. The stream runner and the feature hook (the hot path) open and close their lake
 # transactions under this gate: an exclusive lock file next to the catalog, held for the moments the catalog
 # connection is opened or closed, not for the transaction. Other lake users (analysts, the gateway) do not take it
 # and may still meet a rare one-second wait.
