@@ -244,8 +244,7 @@ def main() -> None:
         worst: list[float] = []  # per batch, its oldest event's latency (in batch order)
 
         def probe(c: Any) -> None:
-            now = time.monotonic()  # hooks of batches that waited for the hook thread run together
-            done_at.extend((now, batch_ids.pop(b, [])) for b in c.batch_ids)
+            done_at.append((time.monotonic(), batch_ids.pop(c.batch_id, [])))
 
         fresh_runner.hooks.append(probe)
         fresh_summary: list[Any] = []

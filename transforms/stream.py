@@ -10,9 +10,8 @@ Order of effects per micro-batch, which is what makes a crash at any point safe:
   4. publish dead letters (at-least-once: a replayed batch may publish a dead letter twice);
   5. run the `on_batch_committed` hooks (retried with backoff; a hook that keeps failing stops the runner
      *before* the offsets are committed, so the batch is replayed after a restart) — in a hook thread, so that
-     batch N's hooks (the feature push) run while batch N+1 is committed to the lake; hook calls never overlap,
-     batches committed while a call runs have their hooks run together in the next call (`merge_commits`: a
-     backlog pays a hook's fixed cost once), and each batch's offsets wait for its own hooks;
+     batch N's hooks (the feature push) run while batch N+1 is committed to the lake; hooks of consecutive
+     batches never overlap, and each batch's offsets wait for its own hooks;
   6. commit the Kafka offsets of that batch.
 Steps 3-6 stay strictly in batch order (one lake commit at a time; the main thread settles each finished commit
 before the next starts), and offsets are committed per batch, explicitly, never past a batch not in the lake.
@@ -30,7 +29,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from careloop.settings import Settings
 log = logging.getLogger(__name__)
 GROUP_ID = "careloop-transforms"
 MERGE_BATCHES = 2  # at most this many polled batches' worth of events in one lake commit (when they wait for it)
-MAX_WAITING_HOOKS = 8  # committed batches waiting for the hook thread before the runner waits for it
 
 
 @dataclass
@@ -69,29 +67,6 @@ class BatchCommit:
     rows_written: int
     rows_by_table: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
-    batch_ids: list[str] = field(default_factory=list)  # more than one when hooks of waiting batches run together
-
-
-def merge_commits(commits: list[BatchCommit]) -> BatchCommit:
-    """Consecutive committed batches as one hook call: the union of their persons, the earliest event time and the
-    latest lake snapshot (which contains every earlier batch), so a hook that recomputes "these persons from this
-    time at this snapshot" does the work of all of them once."""
-    if len(commits) == 1:
-        return commits[0]
-    by_table: Counter[str] = Counter()
-    for c in commits:
-        by_table.update(c.rows_by_table)
-    mins = [c.min_event_time for c in commits if c.min_event_time is not None]
-    maxs = [c.max_event_time for c in commits if c.max_event_time is not None]
-    snaps = [c.snapshot_id for c in commits if c.snapshot_id is not None]
-    return BatchCommit(
-        batch_id=commits[-1].batch_id, snapshot_id=max(snaps, default=None),
-        person_keys=set().union(*(c.person_keys for c in commits)),
-        person_ids=set().union(*(c.person_ids for c in commits)),
-        min_event_time=min(mins, default=None), max_event_time=max(maxs, default=None),
-        events=sum(c.events for c in commits), rows_written=sum(c.rows_written for c in commits),
-        rows_by_table=dict(by_table), dead_letters=sum(c.dead_letters for c in commits),
-        batch_ids=[b for c in commits for b in c.batch_ids])  # fmt: skip
 
 
 @dataclass
@@ -170,8 +145,7 @@ class StreamRunner:
         self._pool: Any = None  # MappingPool while running
         self._vocab: Any = None
         self._hook_pool: ThreadPoolExecutor | None = None
-        self._pending_hooks: Any = None  # (future, offsets) of the hook call running in the hook thread
-        self._waiting_hooks: list[tuple[BatchCommit, dict[tuple[str, int], int], dict[str, float]]] = []
+        self._pending_hooks: Any = None
         self._written: set[str] = set()  # OMOP tables this runner wrote (compacted round robin)
         self._compact_queue: deque[tuple[str, str]] = deque()
         self._stop_reason = "idle"
@@ -215,7 +189,6 @@ class StreamRunner:
         self._hook_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-hooks") if self.hooks else None
         commit_pool = ThreadPoolExecutor(1, thread_name_prefix="careloop-lake-commit")
         self._pending_hooks = None
-        self._waiting_hooks = []
         writer = LakeWriter(con)
         lineage = LineageWriter(self.settings, con=con, max_buffer=1 << 40)
         run_id = lineage.start_run(
@@ -268,7 +241,6 @@ class StreamRunner:
             """Called between polls: settle a finished lake commit; start the next one once the oldest batch is
             mapped (so a commit never waits for the batch being polled to close)."""
             settle_commit(block=False)
-            self._pump_hooks(consumer)
             if not committing and inflight and inflight[0].ready():
                 commit_oldest()
 
@@ -284,7 +256,8 @@ class StreamRunner:
                 if max_batches is not None and polled >= max_batches:
                     self._stop_reason = "max_batches"
                     break
-                self._pump_hooks(consumer)  # idle or between batches: offsets of batches whose hooks finished
+                if self._pending_hooks is not None and self._pending_hooks[0].done():
+                    self._settle_hooks(consumer)  # idle or between batches: commit the last batch's offsets now
                 pump()
                 with gc_paused():  # 10k polled records are ~50k young objects: no collector passes over them
                     events = self._poll_batch(consumer, pump if inflight or committing else None, idle_pipeline)
@@ -397,7 +370,7 @@ class StreamRunner:
             person_keys={e.key for e in events if e.key}, person_ids=outcome.person_ids,
             min_event_time=outcome.min_event_time, max_event_time=outcome.max_event_time,
             events=len(events), rows_written=outcome.rows_written, rows_by_table=outcome.rows_by_table,
-            dead_letters=len(outcome.deadletters), batch_ids=[outcome.batch_id])  # fmt: skip
+            dead_letters=len(outcome.deadletters))  # fmt: skip
         summary.batches += 1
         summary.events += len(events)
         summary.rows_written += outcome.rows_written
@@ -406,13 +379,13 @@ class StreamRunner:
         log.info("batch %d: %d events, %d rows; waited %.0f ms for the previous commit, %.0f ms for mapping; lake "
                  "commit %.0f ms", summary.batches, len(events), outcome.rows_written, timing["queued_ms"],
                  timing["map_wait_ms"], timing["lake_commit_ms"])  # fmt: skip
+        # the previous batch's hooks ran while this batch was committed; its offsets go first, then this batch's
+        # hooks start (in their thread) and the next batch is committed meanwhile
+        self._settle_hooks(consumer)
         if self._hook_pool is None:
             consumer.commit(flight.offsets())
-            return
-        # this batch's hooks start in their thread as soon as the previous hook call is done; batches committed
-        # meanwhile wait and then run their hooks together (one call: a backlog pays a hook's fixed cost once)
-        self._waiting_hooks.append((commit, flight.offsets(), timing))
-        self._pump_hooks(consumer, block=len(self._waiting_hooks) > MAX_WAITING_HOOKS)
+        else:
+            self._pending_hooks = (self._hook_pool.submit(self._timed_hooks, commit, timing), flight.offsets())
 
     def _compact_one(self, con: Any) -> None:
         """Merge the small files of ONE table per call, round robin over the tables the stream writes: no batch
@@ -421,43 +394,24 @@ class StreamRunner:
             self._compact_queue.extend(sorted(set(BOOKKEEPING_TABLES) | {("omop", t) for t in self._written}))
         _compact_table(con, *self._compact_queue.popleft())
 
-    def _timed_hooks(self, commit: BatchCommit, timings: list[dict[str, float]]) -> None:
+    def _timed_hooks(self, commit: BatchCommit, timing: dict[str, float]) -> None:
         t = time.monotonic()
-        phases: dict[str, float] = {"hook_batches": float(len(timings))}
         try:
             for result in self._run_hooks(commit):  # a hook may report its own phases: `{"<phase>_s": seconds}`
                 if isinstance(result, dict):
-                    phases.update({f"hook_{k[:-2]}_ms": v * 1000 for k, v in result.items()
+                    timing.update({f"hook_{k[:-2]}_ms": v * 1000 for k, v in result.items()
                                    if k.endswith("_s") and isinstance(v, float)})  # fmt: skip
         finally:
-            phases["hooks_ms"] = (time.monotonic() - t) * 1000
-            for timing in timings:
-                timing.update(phases)
-
-    def _pump_hooks(self, consumer: Any, *, block: bool = False) -> None:
-        """When the running hook call is done (or, with `block`, once it is): re-raise its `HookFailed`, commit
-        its batches' offsets, then start one call for every batch waiting (in batch order, so offsets are always
-        committed in order and never past a batch whose hooks have not succeeded)."""
-        if self._pending_hooks is not None:
-            future, offsets = self._pending_hooks
-            if not (block or future.done()):
-                return
-            self._pending_hooks = None
-            future.result()
-            consumer.commit(offsets)
-        if self._waiting_hooks and self._hook_pool is not None:
-            waiting, self._waiting_hooks = self._waiting_hooks, []
-            offsets = {}
-            for _, batch_offsets, _ in waiting:
-                offsets.update(batch_offsets)  # later batches' offsets are higher
-            commit = merge_commits([c for c, _, _ in waiting])
-            future = self._hook_pool.submit(self._timed_hooks, commit, [t for _, _, t in waiting])
-            self._pending_hooks = (future, offsets)
+            timing["hooks_ms"] = (time.monotonic() - t) * 1000
 
     def _settle_hooks(self, consumer: Any) -> None:
-        """Run the hooks of every committed batch to the end (re-raising `HookFailed`) and commit their offsets."""
-        while self._pending_hooks is not None or self._waiting_hooks:
-            self._pump_hooks(consumer, block=True)
+        """Wait for the hooks of the last committed batch (re-raising `HookFailed`), then commit its offsets."""
+        pending, self._pending_hooks = self._pending_hooks, None
+        if pending is None:
+            return
+        future, offsets = pending
+        future.result()
+        consumer.commit(offsets)
 
     def _poll_batch(self, consumer: Any, pump: Callable[[], None] | None = None,
                     may_close: Callable[[], bool] | None = None) -> list[RawRecord]:  # fmt: skip

@@ -139,38 +139,7 @@ def test_batches_waiting_for_the_commit_thread_commit_together(stream_settings, 
     rows = con.execute("SELECT count(*) FROM omop.fhir_row_map").fetchone()[0]
     assert con.execute("SELECT count(*) FROM lineage.edges WHERE relation = 'mapped_to'").fetchone()[0] == rows
     status = con.execute("SELECT sum(events), count(*) FROM omop.stream_status").fetchone()
-    assert status[0] == len(resources) and status[1] == summary.batches == sum(len(c.batch_ids) for c in seen)
+    assert status[0] == len(resources) and status[1] == summary.batches == len(seen)
     con.close()
-    again = StreamRunner(stream_settings, batch_size=5000, map_workers=0).run(until_idle=3)
-    assert again.events == 0  # every offset was committed
-
-
-def test_batches_waiting_for_a_slow_hook_run_their_hooks_together(stream_settings, shared_data) -> None:
-    """Batches committed while a hook call runs wait and then share one call (their persons together, the latest
-    snapshot, the earliest event time): every batch's hooks run exactly once, in order, and every offset is
-    committed only after them."""
-    import time
-
-    resources = synthea(shared_data, 3)
-    publish(stream_settings, resources)
-    calls: list[BatchCommit] = []
-
-    def slow(commit: BatchCommit) -> None:
-        if not calls:
-            time.sleep(1.5)  # a backlog builds behind the first call
-        calls.append(commit)
-
-    summary = StreamRunner(stream_settings, batch_size=50, max_wait_ms=100, map_workers=0,
-                           on_batch_committed=[slow]).run(until_idle=3)  # fmt: skip
-    assert summary.events == len(resources) == sum(c.events for c in calls)
-    merged = [c for c in calls if len(c.batch_ids) > 1]
-    assert merged and len(calls) < summary.batches
-    con = connect(stream_settings)
-    ordered = [r[0] for r in con.execute("SELECT batch_id FROM omop.stream_status ORDER BY committed_at").fetchall()]
-    con.close()
-    assert [b for c in calls for b in c.batch_ids] == ordered  # each batch's hooks once, in batch order
-    snaps = [c.snapshot_id for c in calls]
-    assert snaps == sorted(snaps)  # a merged call reads the latest snapshot of its batches
-    assert all(c.person_ids and c.min_event_time is not None for c in merged)
     again = StreamRunner(stream_settings, batch_size=5000, map_workers=0).run(until_idle=3)
     assert again.events == 0  # every offset was committed
