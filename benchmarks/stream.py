@@ -3,8 +3,9 @@ consuming the same topic and only JSON-parsing it, in the same run; plus freshne
 steady publish rate.
 
 Load: the shared Synthea bundles' clinical resources replicated with new logical ids (and references rewritten),
-so every copy is a new patient. Default run is short (20k resources, 10 s freshness); `--full` is 100k resources
-and 30 s of freshness at 1,000 events/s.
+so every copy is a new patient. The freshness load continues the copy numbering (new patients, each with its own
+Patient resource) and is published from its own process at a steady rate, as an EHR feed would be. Default run
+is short (20k resources, 10 s freshness); `--full` is 100k resources and 30 s of freshness at 1,000 events/s.
 
     .venv/bin/python benchmarks/stream.py [--full] [--resources N] [--batch-size N]
 """
