@@ -103,6 +103,26 @@ class GcPauses:
                 "max_s": round(max(self.pauses, default=0.0), 3)}  # fmt: skip
 
 
+def cpu_seconds(known: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and each process under it, by role: where a steady
+    stream's cores go (`known` names the pids this benchmark started itself)."""
+    import psutil
+
+    me = psutil.Process()
+    out: dict[str, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            cmd = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = ("runner (poll + lake commit threads)" if proc.pid == me.pid else known.get(proc.pid)
+                or ("broker (Tansu)" if "tansu" in cmd else "resource tracker" if "resource_tracker" in cmd
+                    else "mapping worker (Beam)"))  # fmt: skip
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def publish_steady(settings: Any, base: list[dict[str, Any]], rate: float, n: int, first_copy: int,
                    conn: Any) -> None:  # fmt: skip
     """The freshness load, in its own process (as an EHR feed would be): `n` new resources at a steady `rate`.
@@ -267,8 +287,13 @@ def main() -> None:
         time.sleep(4)  # group join
         if conn.recv() != "ready":
             raise RuntimeError("the freshness publisher did not start")
+        known = {publisher.pid: "publisher (load generator)",
+                 **{h.pid: "feature hook" for h in feature_hooks if getattr(h, "pid", None)}}  # fmt: skip
+        cpu0, wall0 = cpu_seconds(known), time.monotonic()
         conn.send("go")
         published: dict[str, float] = conn.recv()
+        cpu1, wall = cpu_seconds(known), time.monotonic() - wall0
+        cores = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / wall, 2) for role in cpu1}
         publisher.join(30)
         th.join(timeout=120)
         gc.callbacks.remove(pauses)
@@ -282,7 +307,8 @@ def main() -> None:
         StreamRunner._after_commit = orig_after  # type: ignore[method-assign]
         fresh = {"rate_events_per_s": args.rate, "seconds": fresh_s, "events": n_fresh,
                  "measured": len(latencies), "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
-                 "max_s": max(latencies) if latencies else None, "gc_pauses_over_20ms": pauses.summary()}  # fmt: skip
+                 "max_s": max(latencies) if latencies else None, "gc_pauses_over_20ms": pauses.summary(),
+                 "cpu_cores_while_publishing": {**cores, "total": round(sum(cores.values()), 2)}}  # fmt: skip
         if fresh_summary:  # where a batch's time went (medians over the batches of this phase)
             tm = fresh_summary[0].timings
             fresh["batches"] = len(tm)
