@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from careloop.duck import catalog_gate, open_catalog
 from feature_store.concepts import (
     CONDITIONS,
     GENDER,
@@ -521,8 +522,6 @@ def derive(
         for t in (*_TEMP, "_fs_person0", "_fs_d0", "_fs_pay0"):
             con.execute(f"DROP TABLE IF EXISTS temp.main.{t}")
         if own:
-            from careloop.duck import catalog_gate
-
             with catalog_gate(con):
                 con.execute("COMMIT" if ok else "ROLLBACK")
     if edges is None:
@@ -570,8 +569,6 @@ def _begin(con: duckdb.DuckDBPyConnection) -> bool:
     """One read transaction around a derivation (unless the caller has one): DuckLake then loads the lake's
     metadata once instead of once per query (measured: ~5 ms per lake query saved). Returns whether it began one."""
     import duckdb
-
-    from careloop.duck import catalog_gate, open_catalog
 
     try:
         con.execute("BEGIN TRANSACTION")

@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from careloop.duck import catalog_gate
 from careloop.events import DeadLetter, Event, EventHeaders, content_hash, utcnow
 from careloop.kafka import RawRecord
 from careloop.memory import gc_paused
@@ -488,8 +489,6 @@ COMPACT_MAX_FILE_BYTES = 2 << 20
 def _compact_table(con: Any, schema: str, table: str) -> None:
     """Every commit writes a new small Parquet file per table it touches; merging them keeps scans (version
     lookups, the feature hook, analysts) fast."""
-    from careloop.duck import catalog_gate
-
     try:
         with catalog_gate(con):  # a whole transaction of its own (see careloop.duck on the catalog gate)
             con.execute(f"CALL ducklake_merge_adjacent_files('lake', '{table}', schema => '{schema}', "
