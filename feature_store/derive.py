@@ -372,21 +372,69 @@ def _r(expr: str) -> str:
     return f"round({expr}, {FLOAT_DECIMALS})"
 
 
-def _features_sql() -> str:
-    vit = []
+def _measure_columns() -> list[tuple[str, str, str]]:
+    """(feature name, measure key, statistic column of the long measure table), in the views' column order."""
+    cols = []
     for m in VITALS:
-        k = f"m.key = '{m.key}'"
-        vit.append(f"{_r(f'arg_max(m.value, row(m.ts, m.row_id)) FILTER (WHERE {k})')} AS {m.key}_latest")
-        for w in VITAL_WINDOWS:
-            for s, agg in zip(VITAL_STATS, ("avg", "min", "max"), strict=True):
-                cond = f"{k} AND m.ts > g.ts - INTERVAL {w} DAY"
-                vit.append(f"{_r(f'{agg}(m.value) FILTER (WHERE {cond})')} AS {m.key}_{s}_{w}d")
+        cols.append((f"{m.key}_latest", m.key, "latest"))
+        cols += [(f"{m.key}_{s}_{w}d", m.key, f"{s}_{w}d") for w in VITAL_WINDOWS for s in VITAL_STATS]
     for m in LABS:
-        k = f"m.key = '{m.key}'"
-        vit.append(f"{_r(f'arg_max(m.value, row(m.ts, m.row_id)) FILTER (WHERE {k})')} AS {m.key}_latest")
-        slope = f"regr_slope(m.value, epoch(m.ts) / 31557600.0) FILTER (WHERE {k})"
-        vit.append(f"{_r(slope)} AS {m.key}_trend_365d")
-        vit.append(f"count(m.row_id) FILTER (WHERE {k}) AS {m.key}_count_365d")
+        cols += [(f"{m.key}_{s}", m.key, s) for s in ("latest", "trend_365d", "count_365d")]
+    return cols
+
+
+def _measures_sql() -> str:
+    """Measurement statistics *long*: one row per (grid point, measure) that has values in the 365-day window,
+    with `gi`, the grid point's row in the (person, time)-ordered feature rows. Pivoting ~90 `FILTER`ed
+    aggregates in SQL cost ~70 ms per call however few the rows (binding and per-aggregate state, measured);
+    ~10 aggregates grouped by measure plus a scatter in `_widen` cost a few."""
+    stats = [("latest", "arg_max(m.value, row(m.ts, m.row_id))")]
+    for w in VITAL_WINDOWS:
+        for s, agg in zip(VITAL_STATS, ("avg", "min", "max"), strict=True):
+            stats.append((f"{s}_{w}d", f"{agg}(m.value) FILTER (WHERE m.ts > g.ts - INTERVAL {w} DAY)"))
+    stats.append(("trend_365d", "regr_slope(m.value, epoch(m.ts) / 31557600.0)"))
+    return f"""
+    SELECT g.gi, m.key, {", ".join(f"{_r(e)} AS {name}" for name, e in stats)}, count(m.row_id) AS count_365d
+    FROM (SELECT row_number() OVER (ORDER BY person_id, ts) - 1 AS gi, person_id, ts FROM _fs_g) g
+    JOIN _fs_m m ON m.person_id = g.person_id AND m.ts <= g.ts AND m.ts > g.ts - INTERVAL 365 DAY
+    GROUP BY g.gi, m.key
+    """
+
+
+def _widen(rows: pa.Table, long: pa.Table) -> pa.Table:
+    """The feature rows with the measurement features scattered in from the long table (`_measures_sql`), placed
+    after the demographics as the views declare them. A measure without values at a grid point is NULL (its
+    count 0), as a `FILTER`ed aggregate over no rows would be."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = rows.num_rows
+    gi = long.column("gi").to_numpy()
+    keys = long.column("key")
+    where = {k: pc.equal(keys, k).to_numpy(zero_copy_only=False) for k in {m.key for m in (*VITALS, *LABS)}}
+    measures = {}
+    for name, key, stat in _measure_columns():
+        at = where[key]
+        values = long.column(stat).filter(pa.array(at))
+        valid = ~values.is_null().to_numpy(zero_copy_only=False)
+        integer = stat.startswith("count")
+        out = np.zeros(n, dtype=np.int64 if integer else np.float64)
+        out[gi[at][valid]] = values.to_numpy(zero_copy_only=False)[valid]
+        if integer:
+            measures[name] = pa.array(out)
+        else:
+            present = np.zeros(n, dtype=bool)
+            present[gi[at][valid]] = True
+            measures[name] = pa.array(out, mask=~present)
+    first = rows.column_names.index("person_source_value") + 1  # after the demographics
+    names = [*rows.column_names[:first], *measures, *rows.column_names[first:]]
+    columns = {**{c: rows.column(c) for c in rows.column_names}, **measures}
+    return pa.table([columns[c] for c in names], names=names)
+
+
+def _features_sql() -> str:
+    """Every non-measurement feature, one row per grid point, in (person, time) order (see `_widen`)."""
     inpatient, emergency = _in_list(VISIT_INPATIENT), _in_list(VISIT_EMERGENCY)
 
     def days(w: int) -> str:
@@ -406,11 +454,6 @@ def _features_sql() -> str:
                   AND pp.start_ts <= g.ts AND pp.end_ts > g.ts) AS payer_type,
                p.person_source_value
         FROM _fs_g g JOIN _fs_person p USING (person_id)
-    ), meas AS (
-        SELECT g.person_id, g.ts, {", ".join(vit)}
-        FROM _fs_g g LEFT JOIN _fs_m m ON m.person_id = g.person_id AND m.ts <= g.ts
-             AND m.ts > g.ts - INTERVAL 365 DAY
-        GROUP BY g.person_id, g.ts
     ), util AS (
         SELECT g.person_id, g.ts,
                count(v.row_id) FILTER (WHERE v.ts > g.ts - INTERVAL 30 DAY) AS visits_30d,
@@ -441,7 +484,7 @@ def _features_sql() -> str:
         GROUP BY g.person_id, g.ts
     )
     SELECT person_id, timezone('UTC', ts) AS event_timestamp, * EXCLUDE (person_id, ts)
-    FROM dem JOIN meas USING (person_id, ts) JOIN util USING (person_id, ts) JOIN cond USING (person_id, ts)
+    FROM dem JOIN util USING (person_id, ts) JOIN cond USING (person_id, ts)
          JOIN med USING (person_id, ts) JOIN img USING (person_id, ts)
     ORDER BY person_id, ts
     """
@@ -515,7 +558,7 @@ def derive(
             if not missed:
                 break
             unbounded = sorted({*unbounded, *(int(r[0]) for r in missed)})
-        rows = con.execute(_features_sql()).to_arrow_table()
+        rows = _widen(con.execute(_features_sql()).to_arrow_table(), con.execute(_measures_sql()).to_arrow_table())
         edges = con.execute(_edges_sql()).to_arrow_table() if with_edges else None
         ok = True
     finally:
