@@ -21,6 +21,9 @@ VOCAB_TABLES = ("concept", "concept_ancestor")
 # DuckLake change kinds that only touch data of the listed tables; any other kind (a table created, dropped or
 # altered, a schema change) conservatively counts as a vocabulary change.
 DATA_CHANGES = {"tables_inserted_into", "tables_deleted_from", "inlined_insert", "inlined_delete"}
+# Compaction rewrites files without changing a row: never a vocabulary change (the stream compacts after every batch,
+# and counting it as structural cost a table-id lookup per derivation).
+SAME_CONTENT = {"merge_adjacent"}
 SET_TABLE = "_fs_voc_set"  # (concept_id, key, kind): concept sets expanded with their descendants
 NAME_TABLE = "_fs_voc_name"  # (concept_id, concept_name, domain_id) of every concept id looked up so far
 
@@ -35,6 +38,8 @@ def _vocab_table_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 def _changes_vocab(changes: dict[str, list[str]] | None, ids: set[str]) -> bool:
     for kind, items in (changes or {}).items():
+        if kind in SAME_CONTENT:
+            continue
         if kind not in DATA_CHANGES:
             return True
         if any(str(i) in ids for i in items or []):
@@ -89,7 +94,7 @@ def ensure(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple
         ).fetchall()
         # table ids only change with a non-data change, which counts as a vocabulary change anyway
         cached = [str(r[0]) for r in con.execute("SELECT table_id FROM _fs_voc_ids").fetchall()]
-        structural = any(k not in DATA_CHANGES for _, changes in log for k in (changes or {}))
+        structural = any(k not in DATA_CHANGES | SAME_CONTENT for _, changes in log for k in (changes or {}))
         if structural or not cached:
             ids = _vocab_table_ids(con)
             con.execute("DELETE FROM _fs_voc_ids")

@@ -360,6 +360,10 @@ def test_vocabulary_cache_follows_vocabulary_versions(fs_settings, fs_con):
     assert old["hx_prediabetes"] is False and old["payer_type"] == "999000002"
     assert new["hx_prediabetes"] is True and new["payer_type"] == "Test payer"
     assert old_again == old  # an older snapshot is derived against its own vocabulary
+    from feature_store.vocab import _changes_vocab
+
+    ids = {"7"}  # compaction rewrites a vocabulary table's files, not its content: no new vocabulary version
+    assert not _changes_vocab({"merge_adjacent": ["7"]}, ids) and _changes_vocab({"tables_inserted_into": [7]}, ids)
 
 
 def test_online_batch_write_matches_feast_and_fast_path_refuses_unknown(fs_settings, fs_con):
