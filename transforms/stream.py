@@ -220,9 +220,6 @@ class StreamRunner:
                 events=[e for f in flights for e in f.events], started=flights[0].started, batch_dir="")  # fmt: skip
             with gc_paused():
                 self._after_commit(joined, outcome, timing, consumer, summary)
-            if self.compact_every and summary.batches % self.compact_every == 0:
-                # queued behind nothing, ahead of the next lake commit: it no longer delays this batch's hooks
-                commit_pool.submit(self._compact_one, con, timing)
             return True
 
         def commit_oldest() -> None:
@@ -332,7 +329,7 @@ class StreamRunner:
     def _commit_lake(self, flights: list[_InFlight], lag: dict[tuple[str, int], int], seq: int, writer: Any,
                      lineage: Any, run_id: str, con: Any) -> tuple[Any, dict[str, float]]:  # fmt: skip
         """Step 3 of the module docstring for one or more consecutive mapped batches, as ONE lake transaction (runs
-        in the commit thread); returns the outcome and the phase timings."""
+        in the commit thread), then one table's compaction; returns the outcome and the phase timings."""
         from transforms.lake_writer import concat_batches
         from transforms.pipeline import read_prepared
 
@@ -357,6 +354,10 @@ class StreamRunner:
                   "map_wait_ms": (t_commit - t_map) * 1000,
                   "lake_commit_ms": (time.monotonic() - t_commit) * 1000}  # fmt: skip
         self._written.update(outcome.rows_by_table)
+        if self.compact_every and (seq + 1) % self.compact_every == 0:
+            t_compact = time.monotonic()
+            self._compact_one(con)
+            timing["compact_ms"] = (time.monotonic() - t_compact) * 1000
         return outcome, timing
 
     def _after_commit(self, flight: _InFlight, outcome: Any, timing: dict[str, float], consumer: Any,
@@ -387,15 +388,12 @@ class StreamRunner:
         else:
             self._pending_hooks = (self._hook_pool.submit(self._timed_hooks, commit, timing), flight.offsets())
 
-    def _compact_one(self, con: Any, timing: dict[str, float]) -> None:
+    def _compact_one(self, con: Any) -> None:
         """Merge the small files of ONE table per call, round robin over the tables the stream writes: no batch
-        pays for compacting the whole lake (which stalled a steady stream for ~2 s every 20 batches). Runs in
-        the commit thread after the batch's hooks started, so it delays the next lake commit instead."""
-        started = time.monotonic()
+        pays for compacting the whole lake (which stalled a steady stream for ~2 s every 20 batches)."""
         if not self._compact_queue:
             self._compact_queue.extend(sorted(set(BOOKKEEPING_TABLES) | {("omop", t) for t in self._written}))
         _compact_table(con, *self._compact_queue.popleft())
-        timing["compact_ms"] = (time.monotonic() - started) * 1000
 
     def _timed_hooks(self, commit: BatchCommit, timing: dict[str, float]) -> None:
         t = time.monotonic()

@@ -134,7 +134,6 @@ def test_batches_waiting_for_the_commit_thread_commit_together(stream_settings, 
     assert summary.events == len(resources) == sum(c.events for c in seen)
     assert max(t["batches"] for t in summary.timings) > 1  # in-process mapping: later batches are mapped at once
     assert max(c.events for c in seen) > 60
-    assert all(t["compact_ms"] >= 0 for t in summary.timings)  # one table merged after each batch's hooks started
     con = connect(stream_settings)
     assert actual_rows(con) == expected_rows(resources)
     rows = con.execute("SELECT count(*) FROM omop.fhir_row_map").fetchone()[0]
