@@ -625,16 +625,23 @@ class LakeWriter:
                 span[p] = [min(cur[0], s0), max(cur[1], e0)] if cur else [s0, e0]
         con.register("_persons", _arrow([{"person_id": p} for p in persons], ["person_id"]))
         try:
-            for p, s0, e0 in con.execute(
-                "SELECT person_id, observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR "
-                "FROM omop.observation_period WHERE person_id IN (SELECT person_id FROM _persons)"
-            ).fetchall():
-                if p in shrunk:
-                    continue
-                cur = span.get(p)
-                span[p] = [min(cur[0], s0), max(cur[1], e0)] if cur else [s0, e0]
-            if shrunk:
-                con.register("_shrunk", _arrow([{"person_id": p} for p in shrunk], ["person_id"]))
+            stored = {
+                p: [s0, e0]
+                for p, s0, e0 in con.execute(
+                    "SELECT person_id, observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR "
+                    "FROM omop.observation_period WHERE person_id IN (SELECT person_id FROM _persons)"
+                ).fetchall()
+            }
+        finally:
+            con.unregister("_persons")
+        for p, (s0, e0) in stored.items():
+            if p in shrunk:
+                continue
+            cur = span.get(p)
+            span[p] = [min(cur[0], s0), max(cur[1], e0)] if cur else [s0, e0]
+        if shrunk:
+            con.register("_shrunk", _arrow([{"person_id": p} for p in shrunk], ["person_id"]))
+            try:
                 spans = " UNION ALL ".join(
                     f"SELECT person_id, {d} AS s, {EVENT_END_DATES.get(t, d)} AS e FROM omop.{t} "
                     f"WHERE person_id IN (SELECT person_id FROM _shrunk)"
@@ -645,14 +652,22 @@ class LakeWriter:
                     "GROUP BY person_id"
                 ).fetchall():
                     span[p] = [s0, e0]
+            finally:
                 con.unregister("_shrunk")
-            con.execute("DELETE FROM omop.observation_period WHERE person_id IN (SELECT person_id FROM _persons)")
-        finally:
-            con.unregister("_persons")
+        # Only periods that change are rewritten: a batch of new persons (or of events inside known periods)
+        # deletes nothing, and skips the DELETE's scan of the table.
+        changed = {p for p in span if stored.get(p) != span[p]}
+        gone = {p for p in stored if p not in span} | {p for p in changed if p in stored}
+        if gone:
+            con.register("_gone", _arrow([{"person_id": p} for p in gone], ["person_id"]))
+            try:
+                con.execute("DELETE FROM omop.observation_period WHERE person_id IN (SELECT person_id FROM _gone)")
+            finally:
+                con.unregister("_gone")
         self._insert(con, "observation_period", [
             {"observation_period_id": omop_id("observation_period", p), "person_id": p,
              "observation_period_start_date": s0, "observation_period_end_date": e0,
-             "period_type_concept_id": 44814724} for p, (s0, e0) in span.items()])  # fmt: skip
+             "period_type_concept_id": 44814724} for p, (s0, e0) in span.items() if p in changed])  # fmt: skip
 
     def _sql_checks(
         self,

@@ -133,6 +133,23 @@ def test_observation_period_and_dq_before_birth(lake) -> None:
     assert one(con, f"SELECT observation_period_start_date::VARCHAR FROM omop.observation_period "
                     f"WHERE person_id = {pid}") == [("2024-02-01",)]  # fmt: skip
 
+    # an event inside the known period rewrites nothing; one after it widens the period in place
+    def snapshot() -> int:
+        return con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0]
+
+    before = snapshot()
+    commit(version(GLUCOSE, 1, id="o2", effectiveDateTime="2024-02-01T18:00:00Z"))
+    assert (
+        snapshot() > before
+        and not con.execute(
+            f"SELECT * FROM ducklake_table_changes('lake', 'omop', 'observation_period', {before + 1}, {snapshot()})"
+        ).fetchall()
+    )
+    commit(version(GLUCOSE, 1, id="o3", effectiveDateTime="2024-06-01T10:00:00Z"))
+    assert one(con, f"SELECT observation_period_start_date::VARCHAR, observation_period_end_date::VARCHAR, count(*) "
+                    f"OVER () FROM omop.observation_period WHERE person_id = {pid}"
+               ) == [("2024-02-01", "2024-06-01", 1)]  # fmt: skip
+
 
 def test_deadletter_not_loaded(lake) -> None:
     con, commit = lake
