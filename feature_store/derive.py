@@ -182,7 +182,7 @@ def _prepare(
         con,
         "_fs_pay0",
         "payer_plan_period",
-        at,
+        snap,
         pf,
         f"""
         SELECT person_id, CAST(payer_plan_period_start_date AS TIMESTAMP) AS start_ts,
@@ -262,7 +262,7 @@ def _prepare(
         con,
         "_fs_i",
         "image_occurrence",
-        at,
+        snap,
         pf,
         f"""
         SELECT image_occurrence_id AS row_id, person_id,
@@ -273,15 +273,21 @@ def _prepare(
     )
 
 
-def _sparse(con: duckdb.DuckDBPyConnection, name: str, table: str, at: str, pf: str, select: str) -> None:
+def _sparse(con: duckdb.DuckDBPyConnection, name: str, table: str, snap: int, pf: str, select: str) -> None:
     """`CREATE TEMP TABLE name AS select` for a lake table that is often empty for the touched persons (imaging,
     payer periods). Reading a DuckLake table costs ~2.5 ms per referenced column even when it has no rows
-    (measured), so a one-column probe decides first; with no rows, the (cached, empty) normalized table is
+    (measured), so a one-column probe decides first, or the snapshot log alone when the table was never written
+    (a probe of an empty table still cost ~13-20 ms); with no rows, the (cached, empty) normalized table is
     copied instead of binding every column of the lake table."""
+    from feature_store import vocab
+
     template = f"_fs_tpl{name}"
     con.execute("CREATE TEMP TABLE IF NOT EXISTS _fs_templates(name VARCHAR)")  # (duckdb_tables() binds the lake)
     have = con.execute("SELECT count(*) FROM _fs_templates WHERE name = ?", [template]).fetchall()[0][0]
-    if have and not con.execute(f"SELECT count(*) FROM omop.{table} {at} {pf}").fetchall()[0][0]:
+    if have and (
+        vocab.never_written(con, table, snap)  # the snapshot log says empty: not even a probe
+        or not con.execute(f"SELECT count(*) FROM omop.{table} AT (VERSION => {snap}) {pf}").fetchall()[0][0]
+    ):
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {template}")
         return
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")

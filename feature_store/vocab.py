@@ -24,16 +24,23 @@ DATA_CHANGES = {"tables_inserted_into", "tables_deleted_from", "inlined_insert",
 # Compaction rewrites files without changing a row: never a vocabulary change (the stream compacts after every batch,
 # and counting it as structural cost a table-id lookup per derivation).
 SAME_CONTENT = {"merge_adjacent"}
+# Tables the derivation reads that are often empty for a whole lake (no imaging, no payer data): while the snapshot
+# log shows no write to one, the derivation skips reading it (~10 ms of DuckLake metadata per read, measured).
+SPARSE_TABLES = ("payer_plan_period", "image_occurrence")
+# Change kinds whose items are table ids of tables written to (anything else names created objects).
+NAMING_KINDS = {"schemas_created", "tables_created", "views_created"}
 SET_TABLE = "_fs_voc_set"  # (concept_id, key, kind): concept sets expanded with their descendants
 NAME_TABLE = "_fs_voc_name"  # (concept_id, concept_name, domain_id) of every concept id looked up so far
 
 
-def _vocab_table_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+def _table_ids(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(table name, table id) of the vocabulary and sparse tables."""
     rows = con.execute(
-        "SELECT table_id FROM ducklake_table_info('lake') WHERE table_name IN (SELECT unnest(?::VARCHAR[]))",
-        [list(VOCAB_TABLES)],
+        "SELECT table_name, table_id FROM ducklake_table_info('lake') "
+        "WHERE table_name IN (SELECT unnest(?::VARCHAR[]))",
+        [[*VOCAB_TABLES, *SPARSE_TABLES]],
     ).fetchall()
-    return {str(r[0]) for r in rows}
+    return [(str(n), str(i)) for n, i in rows]
 
 
 def _changes_vocab(changes: dict[str, list[str]] | None, ids: set[str]) -> bool:
@@ -51,7 +58,8 @@ def _create(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE TEMP TABLE IF NOT EXISTS _fs_voc_meta(checked BIGINT, version BIGINT);
         CREATE TEMP TABLE IF NOT EXISTS _fs_voc_changes(snapshot_id BIGINT);
-        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_ids(table_id VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_ids(table_name VARCHAR, table_id VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS _fs_voc_written(table_id VARCHAR, first_snapshot BIGINT);
         CREATE TEMP TABLE IF NOT EXISTS {SET_TABLE}(concept_id BIGINT, key VARCHAR, kind VARCHAR);
         CREATE TEMP TABLE IF NOT EXISTS {NAME_TABLE}(concept_id BIGINT, concept_name VARCHAR, domain_id VARCHAR);
         CREATE TEMP TABLE IF NOT EXISTS _fs_voc_seen(concept_id BIGINT);
@@ -93,17 +101,19 @@ def ensure(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple
             [checked, snap],
         ).fetchall()
         # table ids only change with a non-data change, which counts as a vocabulary change anyway
-        cached = [str(r[0]) for r in con.execute("SELECT table_id FROM _fs_voc_ids").fetchall()]
+        named = con.execute("SELECT table_name, table_id FROM _fs_voc_ids").fetchall()
         structural = any(k not in DATA_CHANGES | SAME_CONTENT for _, changes in log for k in (changes or {}))
-        if structural or not cached:
-            ids = _vocab_table_ids(con)
+        if structural or not named:
+            named = _table_ids(con)
             con.execute("DELETE FROM _fs_voc_ids")
-            con.execute("INSERT INTO _fs_voc_ids SELECT unnest(?::VARCHAR[])", [sorted(ids)])
-        else:
-            ids = set(cached)
+            if named:
+                con.execute("INSERT INTO _fs_voc_ids SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                            [[n for n, _ in named], [i for _, i in named]])  # fmt: skip
+        ids = {i for n, i in named if n in VOCAB_TABLES}
         hits = [int(s) for s, changes in log if _changes_vocab(changes, ids)]
         if hits:
             con.execute("INSERT INTO _fs_voc_changes SELECT unnest(?::BIGINT[])", [hits])
+        _record_writes(con, log)
         checked = snap
     wanted = con.execute("SELECT max(snapshot_id) FROM _fs_voc_changes WHERE snapshot_id <= ?", [snap]).fetchall()
     want = wanted[0][0]
@@ -131,3 +141,30 @@ def lookup_names(con: duckdb.DuckDBPyConnection, snap: int, ids_sql: str) -> Non
             [new],
         )
         con.execute("INSERT INTO _fs_voc_seen SELECT unnest(?::BIGINT[])", [new])
+
+
+def _record_writes(con: duckdb.DuckDBPyConnection, log: list[tuple[int, dict[str, list[str]] | None]]) -> None:
+    """The first snapshot that wrote each table (any change kind naming its id), from a slice of the log."""
+    first: dict[str, int] = {}
+    for snapshot, changes in log:
+        for kind, items in (changes or {}).items():
+            if kind not in NAMING_KINDS:
+                for i in items or []:
+                    first[str(i)] = min(first.get(str(i), snapshot), snapshot)
+    if first:
+        con.execute(
+            "INSERT INTO _fs_voc_written SELECT * FROM (SELECT unnest(?::VARCHAR[]) AS t, unnest(?::BIGINT[]) AS s) "
+            "WHERE t NOT IN (SELECT table_id FROM _fs_voc_written)",
+            [list(first), list(first.values())],
+        )
+
+
+def never_written(con: duckdb.DuckDBPyConnection, table: str, snap: int) -> bool:
+    """Whether omop.`table` (one of SPARSE_TABLES) had no write at or before lake snapshot `snap`, so it is empty
+    there. Valid after `ensure(con, snap, ...)`; a table without a known id counts as written (it is read)."""
+    row = con.execute(
+        "SELECT count(*) = 0, (SELECT count(*) FROM _fs_voc_ids WHERE table_name = $t) > 0 FROM _fs_voc_written "
+        "WHERE first_snapshot <= $s AND table_id IN (SELECT table_id FROM _fs_voc_ids WHERE table_name = $t)",
+        {"t": table, "s": int(snap)},
+    ).fetchall()[0]
+    return bool(row[0] and row[1])

@@ -516,3 +516,33 @@ def test_measurement_features_equal_a_direct_computation_from_raw_rows(fs_settin
                     assert (pd.isna(value) and window.empty) or value == pytest.approx(expected), (m.key, stat, w)
             checked += len(year) > 0
     assert checked > 0 and got["person_id"].nunique() > 1
+
+
+def test_a_table_never_written_is_skipped_until_its_first_write(fs_settings, fs_con):
+    """Imaging and payer tables are often empty for a whole lake; the derivation then skips reading them (the
+    snapshot log says so), and reads them from the snapshot of their first write on, not before."""
+    from feature_store import vocab
+
+    def derive_at(snap: int) -> dict:
+        rows = fs.derive(fs_con, snapshot_id=snap, persons=[3], since=when, include_latest=True, with_edges=False)
+        return rows.rows.to_pylist()[-1]
+
+    when = datetime(2026, 5, 1, 9, 0)
+    before = fs.current_snapshot(fs_con)
+    assert derive_at(before)["imaging_studies_365d"] == 0
+    assert vocab.never_written(fs_con, "image_occurrence", before)
+
+    def body(c):
+        c.execute(
+            "INSERT INTO omop.image_occurrence (image_occurrence_id, person_id, image_occurrence_date, "
+            "image_occurrence_datetime, image_study_uid, modality_source_value, manufacturer, "
+            "manufacturer_model_name) VALUES (990000001, 3, ?, ?, '1.2.3', 'CT', 'Acme', 'Scan 9')",
+            [when.date(), when],
+        )
+
+    transaction(fs_con, body)
+    after = fs.current_snapshot(fs_con)
+    new = derive_at(after)
+    assert (new["imaging_studies_365d"], new["last_modality"], new["last_scanner_model"]) == (1, "CT", "Scan 9")
+    assert not vocab.never_written(fs_con, "image_occurrence", after)
+    assert vocab.never_written(fs_con, "image_occurrence", before) and derive_at(before)["imaging_studies_365d"] == 0
