@@ -10,10 +10,12 @@ measurements by default, and grows during the run)
   (`bound_history=False`) and Feast's generic online write (`provider.ingest_df` per view) vs ours (`write_tables`).
 - freshness: events are scheduled at a fixed rate (200/s, 1000/s); each event is a heart-rate measurement of an
   Eunomia person with event time = its scheduled publish time. Every 0.25 s the due events are written to the lake
-  in one transaction (standing in for the transforms writer), then `StreamFeatureHook` recomputes and pushes the
-  touched persons' features, then the online store is read back. Freshness of an event = the wall time when the
-  online read returned the updated vector minus the event's scheduled publish time (so queueing behind a slow
-  batch counts). It does not include Kafka or Beam time (measured by the transforms benchmarks).
+  in one transaction (standing in for the transforms writer, with its compaction turn), then `StreamFeatureHook`
+  recomputes and pushes the touched persons' features, then the online store is read back. Freshness of an event
+  = the wall time when the online read returned the updated vector minus the event's scheduled publish time (so
+  queueing behind a slow batch counts). It does not include Kafka or Beam time (measured by the transforms
+  benchmarks). One loop does all of it in turn: unlike the stream runner, the next lake commit does not run
+  while the hook runs.
 - online p99: `get_online_features` of a 40-feature vector for one person (SQLite online store).
 - point-in-time: Feast `get_historical_features` (DuckDB offline store) for N entity rows over synthetic feature
   rows vs a pandas `merge_asof` (backward, by person, same TTL) on the same data in the same run; values compared.
@@ -88,9 +90,18 @@ def prefill(con, clones: int) -> dict:
     return {t: con.execute(f"SELECT count(*) FROM omop.{t}").fetchall()[0][0] for t in CLONED}
 
 
+# The stream runner merges one table's small files after every commit, round robin over the ~15 tables it writes;
+# the stand-in writer does the same for the one table it writes at that cadence. Without it the measurement table
+# gathered 100+ small files over a --full run, which the real pipeline never has, and slowed every later scan.
+COMPACT_EVERY = 15
+_commits = [0]
+
+
 def insert_heart_rates(con, rows: list[tuple]) -> None:
     """One lake transaction of heart-rate measurements (measurement_id, person_id, naive UTC ts, value), standing
-    in for the stream writer's commit."""
+    in for the stream writer's commit (and its compaction turn, see COMPACT_EVERY)."""
+    from transforms.stream import COMPACT_MAX_FILE_BYTES
+
     frame = pd.DataFrame(rows, columns=["measurement_id", "person_id", "ts", "value"])
 
     def body(c) -> None:
@@ -103,6 +114,12 @@ def insert_heart_rates(con, rows: list[tuple]) -> None:
         )
 
     transaction(con, body)
+    _commits[0] += 1
+    if _commits[0] % COMPACT_EVERY == 0:
+        con.execute(
+            "CALL ducklake_merge_adjacent_files('lake', 'measurement', schema => 'omop', "
+            f"max_file_size => {COMPACT_MAX_FILE_BYTES})"
+        )
 
 
 def hook_batches(settings, con, hook, size: int, reps: int) -> dict:
