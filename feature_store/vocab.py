@@ -7,7 +7,9 @@ descendant) are computed once per *vocabulary version* — the latest lake snaps
 and concept names (race, ethnicity, payer, drug-class name patterns) are looked up only for concept ids not seen
 before. The cache lives in temp tables of the connection itself (so it dies with the connection) and is keyed
 by lake snapshot ids read from DuckLake's snapshot log, so a derivation at an older snapshot (a training set,
-a backfill) is computed against the vocabulary of that snapshot.
+a backfill) is computed against the vocabulary of that snapshot. The same incremental read of the log records
+the first snapshot that wrote each table, so that the derivation can skip tables that were still empty
+(`never_written`).
 """
 
 from __future__ import annotations
