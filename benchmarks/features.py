@@ -100,7 +100,7 @@ _commits = [0]
 def insert_heart_rates(con, rows: list[tuple]) -> None:
     """One lake transaction of heart-rate measurements (measurement_id, person_id, naive UTC ts, value), standing
     in for the stream writer's commit (and its compaction turn, see COMPACT_EVERY)."""
-    from transforms.stream import COMPACT_MAX_FILE_BYTES
+    from transforms.stream import compact_table
 
     frame = pd.DataFrame(rows, columns=["measurement_id", "person_id", "ts", "value"])
 
@@ -116,10 +116,7 @@ def insert_heart_rates(con, rows: list[tuple]) -> None:
     transaction(con, body)
     _commits[0] += 1
     if _commits[0] % COMPACT_EVERY == 0:
-        con.execute(
-            "CALL ducklake_merge_adjacent_files('lake', 'measurement', schema => 'omop', "
-            f"max_file_size => {COMPACT_MAX_FILE_BYTES})"
-        )
+        compact_table(con, "omop", "measurement")
 
 
 def hook_batches(settings, con, hook, size: int, reps: int) -> dict:

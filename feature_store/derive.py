@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from careloop.duck import catalog_gate, open_catalog
+from feature_store import vocab
 from feature_store.concepts import (
     CONDITIONS,
     GENDER,
@@ -148,8 +149,6 @@ def _prepare(
             return ""
         return f" AND ({date_column} >= DATE '{lo - timedelta(days=2):%Y-%m-%d}' OR {date_column} IS NULL{exempt})"
 
-    from feature_store import vocab
-
     # concept sets expanded with their descendants, cached per vocabulary version (vocab.py)
     vocab.ensure(
         con,
@@ -279,8 +278,6 @@ def _sparse(con: duckdb.DuckDBPyConnection, name: str, table: str, snap: int, pf
     (measured), so a one-column probe decides first, or the snapshot log alone when the table was never written
     (a probe of an empty table still cost ~13-20 ms); with no rows, the (cached, empty) normalized table is
     copied instead of binding every column of the lake table."""
-    from feature_store import vocab
-
     template = f"_fs_tpl{name}"
     con.execute("CREATE TEMP TABLE IF NOT EXISTS _fs_templates(name VARCHAR)")  # (duckdb_tables() binds the lake)
     have = con.execute("SELECT count(*) FROM _fs_templates WHERE name = ?", [template]).fetchall()[0][0]

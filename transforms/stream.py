@@ -393,7 +393,7 @@ class StreamRunner:
         pays for compacting the whole lake (which stalled a steady stream for ~2 s every 20 batches)."""
         if not self._compact_queue:
             self._compact_queue.extend(sorted(set(BOOKKEEPING_TABLES) | {("omop", t) for t in self._written}))
-        _compact_table(con, *self._compact_queue.popleft())
+        compact_table(con, *self._compact_queue.popleft())
 
     def _timed_hooks(self, commit: BatchCommit, timing: dict[str, float]) -> None:
         t = time.monotonic()
@@ -486,7 +486,7 @@ BOOKKEEPING_TABLES = (("omop", "fhir_source_versions"), ("omop", "fhir_row_map")
 COMPACT_MAX_FILE_BYTES = 2 << 20
 
 
-def _compact_table(con: Any, schema: str, table: str) -> None:
+def compact_table(con: Any, schema: str, table: str) -> None:
     """Every commit writes a new small Parquet file per table it touches; merging them keeps scans (version
     lookups, the feature hook, analysts) fast."""
     try:
