@@ -411,6 +411,77 @@ def test_online_batch_write_matches_feast_and_fast_path_refuses_unknown(fs_setti
         push_frames(fs_settings, {"conditions": bad}, con=fs_con, source="test")
 
 
+def test_online_rewrite_writes_only_changed_values_and_trusts_nothing_another_writer_touched(fs_settings, fs_con):
+    """A person this connection wrote last gets only their changed features rewritten and the rest re-stamped; the
+    rows are exactly what Feast's full write gives. A write by another connection makes it write everything again."""
+    import sqlite3
+    from datetime import timedelta
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from feature_store.definitions import VIEW_BY_NAME
+    from feature_store.online import latest_per_person, prepare_rows, write_tables
+    from feature_store.push import to_push_table
+    from feature_store.repo import feature_views, live_paths
+
+    rows = fs.derive(fs_con, persons=[7], since=datetime(2015, 1, 1, tzinfo=UTC), include_latest=True).rows
+    first = latest_per_person(to_push_table("vitals", fs.split_views(rows)["vitals"]))
+    changed, kept, zeroed = [f.name for f in VIEW_BY_NAME["vitals"].features if f.dtype == "float"][:3]
+
+    def replaced(table, name, value):
+        return table.set_column(table.column_names.index(name), name, pa.array([value], table.schema.field(name).type))
+
+    first = replaced(replaced(first, changed, 70.0), kept, 42.5)
+    later = pc.add(first.column("event_timestamp"), pa.scalar(timedelta(days=1)))
+    second = replaced(first, "event_timestamp", later[0].as_py())
+    second = replaced(replaced(second, changed, 71.0), zeroed, 0.0)
+    third = replaced(second, zeroed, -0.0)  # equal to 0.0, but not the same stored bytes
+    store = fs.open_store(fs_settings)
+    fvs = feature_views(store)
+    db = sqlite3.connect(live_paths(fs_settings).root / "online.db")
+    conn = store.provider.online_store._get_conn(store.config)
+    sql: list[str] = []
+    conn.set_trace_callback(sql.append)
+
+    def online_rows() -> list[tuple]:
+        return db.execute(
+            "SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM careloop_vitals "
+            "ORDER BY entity_key, feature_name"
+        ).fetchall()
+
+    def by_feast(table) -> list[tuple]:
+        db.execute("DELETE FROM careloop_vitals")
+        db.commit()
+        store.provider.online_write_batch(store.config, fvs["vitals"], prepare_rows("vitals", table), progress=None)
+        return online_rows()
+
+    try:
+        for table in (second, third):
+            by_feast(first)  # another connection wrote: the next write is a whole one
+            sql.clear()
+            write_tables(store, fvs, {"vitals": first})
+            assert f"'{kept}'" in " ".join(sql)
+            sql.clear()
+            write_tables(store, fvs, {"vitals": table})  # this connection wrote last: only the changes
+            upserts = " ".join(q for q in sql if q.startswith("INSERT"))
+            assert f"'{changed}'" in upserts and f"'{zeroed}'" in upserts and f"'{kept}'" not in upserts
+            assert any(q.startswith("UPDATE") for q in sql)
+            assert online_rows() == by_feast(table)
+        write_tables(store, fvs, {"vitals": second})
+        write_tables(store, fvs, {"vitals": third})  # 0.0 -> -0.0 only
+        assert db.execute(f"SELECT value_text FROM careloop_vitals WHERE feature_name = '{zeroed}'").fetchall() == [
+            ("-0.0",)
+        ]
+        db.execute(f"UPDATE careloop_vitals SET value = X'', value_text = NULL WHERE feature_name = '{kept}'")
+        db.commit()
+        write_tables(store, fvs, {"vitals": third})  # same values, but another writer changed one: rewritten
+        assert online_rows() == by_feast(third)
+    finally:
+        conn.set_trace_callback(None)
+        db.close()
+
+
 def test_stream_hook_fails_whole_when_online_store_is_unavailable_then_retry_succeeds(fs_settings, fs_con):
     """An unavailable online store (locked by another writer) fails the hook before any offline part is written,
     so the runner retries without committing offsets; the retry writes both stores."""
