@@ -4,7 +4,7 @@ Feast's `ingest_df`/`push` path converts a pandas frame to Arrow and then to pro
 per-value type dispatch, and its SQLite store runs one `INSERT … ON CONFLICT` statement and one commit per feature
 view: ~0.7 s for 170 persons x 7 views (measured). Here the rows arrive as Arrow tables of the views' exact types,
 so the protobuf values are built per column with one constructor each, and — for Feast's SQLite store — every view
-is written with `executemany` in ONE transaction (the same table, rows and upsert as Feast's own
+is written as multi-row upserts of literals in ONE transaction (the same table, rows and upsert as Feast's own
 `online_write_batch`, so Feast reads them back unchanged; tested against Feast's converter). A person this
 connection wrote last gets only their changed features rewritten and the rest re-stamped (`_LastWritten`): one
 heart rate changes a few of a person's ~100 features. Any other online store (Redis) gets the same prepared batch
@@ -105,101 +105,26 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
             if table.num_rows:
                 store.provider.online_write_batch(config, views[view], prepare_rows(view, table), progress=None)
         return
-    import sqlite3
-
-    from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.sqlite import _quote_id, _table_id
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
 
-    version = config.entity_key_serialization_version
     versioned = config.registry.enable_online_feature_view_versioning
-    # SQL literals: blobs and text as hex (X'..', CAST(X'..' AS TEXT): safe for any bytes), ints, checked names
-    keys: dict[int, str] = {}
-    epochs: dict[Any, str] = {}
-    empty = "X''"  # Value() serializes to no bytes
-
-    def epoch(t: datetime) -> str:  # Feast's sqlite adapter stores a naive UTC datetime as int(dt.timestamp())
-        got = epochs.get(t)
-        if got is None:
-            got = epochs[t] = str(int(_naive(t).timestamp()))
-        return got
-
+    literals = _Literals(config.entity_key_serialization_version)
     conn = online._get_conn(config)
-    memory = _memory(online, conn)
-    statements, written = [], []
-    for view, table in tables.items():
-        if not table.num_rows:
-            continue
-        name = _quote_id(_table_id(config.project, views[view], versioned))
-        features = VIEW_BY_NAME[view].features
-        for f in features:
-            if not _NAME.fullmatch(f.name):
-                raise ValueError(f"feature name {f.name!r} is not a plain identifier")
-        pids = table.column(JOIN_KEY).to_pylist()
-        for p in pids:
-            if p not in keys:
-                entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=p)])
-                keys[p] = f"X'{serialize_entity_key(entity, entity_key_serialization_version=version).hex()}'"
-        ekeys = [keys[p] for p in pids]
-        ets = [epoch(t) for t in table.column(TS).to_pylist()]
-        cts = ["NULL" if t is None else epoch(t) for t in table.column(CREATED).to_pylist()]
-        columns = [
-            [None if v is None or v != v else v for v in table.column(f.name).to_pylist()]  # NaN is null, as in Feast
-            for f in features
-        ]
-        names = tuple(f.name for f in features)
-        last = memory.view(name, names)
-        before = [last.get(p) for p in pids]
-        rows: list[str] = []
-        for j, f in enumerate(features):
-            field = _PROTO_FIELD[f.dtype]
-            now = columns[j]
-            # equal floats can differ in sign (0.0 == -0.0) and so in their stored bytes: a zero is always written
-            zero = f.dtype == "float"
-            write = [i for i, old in enumerate(before) if old is None or old[j] != now[i] or (zero and now[i] == 0)]
-            values = [now[i] for i in write]
-            if f.dtype == "float":
-                cells = [("X''", "NULL") if v is None else (f"X'{_double(0x29, v).hex()}'", f"'{v}'") for v in values]
-            elif f.dtype == "string":
-                cells = [
-                    (empty, "NULL")
-                    if v is None
-                    else (
-                        f"X'{Value(string_val=v).SerializeToString().hex()}'",
-                        f"CAST(X'{v.encode().hex()}' AS TEXT)",
-                    )
-                    for v in values
-                ]
-            else:
-                cells = [
-                    (empty, "NULL") if v is None else (f"X'{Value(**{field: v}).SerializeToString().hex()}'", f"'{v}'")
-                    for v in values
-                ]
-            fname = f"'{f.name}'"
-            rows += [
-                f"({ekeys[i]},{fname},{blob},{text},{ets[i]},{cts[i]})"
-                for i, (blob, text) in zip(write, cells, strict=True)
-            ]
-        # a person whose values this connection wrote last: the unchanged features only take the new timestamps
-        stamps = [f"({ekeys[i]},{ets[i]},{cts[i]})" for i, old in enumerate(before) if old is not None]
-        statements.append((name, names, stamps, rows))
-        written.append((last, dict(zip(pids, zip(*columns, strict=True), strict=True))))
-    if not getattr(online, "_careloop_wal", False):
-        # WAL: a commit is one append + fsync instead of a rollback journal's several, and online readers
-        # (serving) never block this writer. Persistent in the file; Feast's reads are unaffected.
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # a batch rewrites rows all over each view's table: with SQLite's default 2 MB page cache most of
-            # its pages are re-read every batch (measured: 64 MB halves the upsert time at 465 persons)
-            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        except sqlite3.OperationalError:
-            pass  # another connection holds the file right now; try again next batch
-        else:
-            online._careloop_wal = True
+    _use_wal(online, conn)
+    written = []
     with conn:
-        for name, names, stamps, rows in statements:
-            listed = ",".join(f"'{n}'" for n in names)
+        # the write lock first: no other writer can commit between reading what this connection last wrote and
+        # this commit
+        conn.execute("BEGIN IMMEDIATE")
+        memory = _memory(online, conn)
+        for view, table in tables.items():
+            if not table.num_rows:
+                continue
+            name = _quote_id(_table_id(config.project, views[view], versioned))
+            features = VIEW_BY_NAME[view].features
+            last = memory.view(name, tuple(f.name for f in features))
+            stamps, rows, values = _statements(view, table, last, literals)
+            listed = ",".join(f"'{f.name}'" for f in features)
             for i in range(0, len(stamps), UPSERT_ROWS):
                 conn.execute(
                     f"UPDATE {name} SET event_ts = s.column2, created_ts = s.column3 "
@@ -211,9 +136,111 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
                     f"INSERT INTO {name} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
                     f"VALUES {','.join(rows[i : i + UPSERT_ROWS])} {_ON_CONFLICT}"
                 )
+            written.append((last, values))
     for last, values in written:
         last.update(values)
     memory.committed(conn)
+
+
+class _Literals:
+    """SQL literals of one batch: blobs and text as hex (X'..', CAST(X'..' AS TEXT): safe for any bytes), ints;
+    entity keys and epochs computed once per value."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.keys: dict[int, str] = {}
+        self.epochs: dict[Any, str] = {}
+
+    def key(self, person: int) -> str:
+        got = self.keys.get(person)
+        if got is None:
+            from feast.infra.key_encoding_utils import serialize_entity_key
+            from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            entity = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=person)])
+            got = self.keys[person] = (
+                f"X'{serialize_entity_key(entity, entity_key_serialization_version=self.version).hex()}'"
+            )
+        return got
+
+    def epoch(self, t: datetime | None) -> str:  # Feast's sqlite adapter stores naive UTC as int(dt.timestamp())
+        if t is None:
+            return "NULL"
+        got = self.epochs.get(t)
+        if got is None:
+            got = self.epochs[t] = str(int(_naive(t).timestamp()))
+        return got
+
+
+def _statements(
+    view: str, table: pa.Table, last: Mapping[int, tuple], lit: _Literals
+) -> tuple[list[str], list[str], dict[int, tuple]]:
+    """(new timestamps of the persons in `last`, upsert rows of the values not in `last`, the values written)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    features = VIEW_BY_NAME[view].features
+    for f in features:
+        if not _NAME.fullmatch(f.name):
+            raise ValueError(f"feature name {f.name!r} is not a plain identifier")
+    pids = table.column(JOIN_KEY).to_pylist()
+    ekeys = [lit.key(p) for p in pids]
+    ets = [lit.epoch(t) for t in table.column(TS).to_pylist()]
+    cts = [lit.epoch(t) for t in table.column(CREATED).to_pylist()]
+    columns = [
+        [None if v is None or v != v else v for v in table.column(f.name).to_pylist()]  # NaN is null, as in Feast
+        for f in features
+    ]
+    before = [last.get(p) for p in pids]
+    empty = "X''"  # Value() serializes to no bytes
+    rows: list[str] = []
+    for j, f in enumerate(features):
+        now = columns[j]
+        # equal floats can differ in sign (0.0 == -0.0), and so in their stored bytes: a zero is always written
+        zero = f.dtype == "float"
+        write = [i for i, old in enumerate(before) if old is None or old[j] != now[i] or (zero and now[i] == 0)]
+        values = [now[i] for i in write]
+        if f.dtype == "float":
+            cells = [(empty, "NULL") if v is None else (f"X'{_double(0x29, v).hex()}'", f"'{v}'") for v in values]
+        elif f.dtype == "string":
+            cells = [
+                (empty, "NULL")
+                if v is None
+                else (f"X'{Value(string_val=v).SerializeToString().hex()}'", f"CAST(X'{v.encode().hex()}' AS TEXT)")
+                for v in values
+            ]
+        else:
+            field = _PROTO_FIELD[f.dtype]
+            cells = [
+                (empty, "NULL") if v is None else (f"X'{Value(**{field: v}).SerializeToString().hex()}'", f"'{v}'")
+                for v in values
+            ]
+        fname = f"'{f.name}'"
+        rows += [
+            f"({ekeys[i]},{fname},{blob},{text},{ets[i]},{cts[i]})"
+            for i, (blob, text) in zip(write, cells, strict=True)
+        ]
+    # a person whose values this connection wrote last: the unchanged features only take the new timestamps
+    stamps = [f"({ekeys[i]},{ets[i]},{cts[i]})" for i, old in enumerate(before) if old is not None]
+    return stamps, rows, dict(zip(pids, zip(*columns, strict=True), strict=True))
+
+
+def _use_wal(online: Any, conn: Any) -> None:
+    """WAL: a commit is one append + fsync instead of a rollback journal's several, and online readers (serving)
+    never block this writer. Persistent in the file; Feast's reads are unaffected."""
+    import sqlite3
+
+    if getattr(online, "_careloop_wal", False):
+        return
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # a batch rewrites rows all over each view's table: with SQLite's default 2 MB page cache most of its pages
+        # are re-read every batch (measured: 64 MB halves the upsert time at 465 persons)
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    except sqlite3.OperationalError:
+        pass  # another connection holds the file right now; try again next batch
+    else:
+        online._careloop_wal = True
 
 
 class _LastWritten:
