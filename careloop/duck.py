@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -181,6 +183,56 @@ def catalog_gate(con: duckdb.DuckDBPyConnection) -> contextlib.AbstractContextMa
 def open_catalog(con: duckdb.DuckDBPyConnection) -> None:
     """A transaction's first lake access, so that its catalog connection opens now (call it under the gate)."""
     con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE_ALIAS}')").fetchall()
+
+
+# `ducklake_snapshots()` builds a row for every snapshot of the lake (~25 us each, measured: 0.1 s at 4,000
+# snapshots), and a stream adds one per micro-batch, so a per-batch lookup through it would slow down by the hour.
+# These read DuckLake's SQLite catalog tables through its own index instead (~1 ms at any size).
+_CHANGE_KINDS = {  # the catalog's change names -> the names `ducklake_snapshots()` reports
+    "created_schema": "schemas_created",
+    "created_table": "tables_created",
+    "created_view": "views_created",
+    "inserted_into_table": "tables_inserted_into",
+    "deleted_from_table": "tables_deleted_from",
+    "altered_table": "tables_altered",
+    "dropped_table": "tables_dropped",
+    "dropped_schema": "schemas_dropped",
+    "dropped_view": "views_dropped",
+}
+_CHANGE = re.compile(r'([a-z_]+):("(?:[^"]|"")*"(?:\."(?:[^"]|"")*")*|[^,]*)(?:,|$)')
+
+
+def _catalog_query(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    # the query inline: a process's first parameterized `execute` costs ~0.5 s more (measured)
+    quoted = sql.replace("'", "''")
+    return con.execute(f"SELECT * FROM sqlite_query('__ducklake_metadata_{LAKE_ALIAS}', '{quoted}')").fetchall()
+
+
+def snapshot_changes(con: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[tuple[int, dict[str, list[str]]]]:
+    """The lake's snapshots in (after, upto] with their changes, named and grouped as `ducklake_snapshots()`
+    reports them (a change kind this version does not know keeps the catalog's name)."""
+    rows = _catalog_query(
+        con,
+        "SELECT snapshot_id, changes_made FROM ducklake_snapshot_changes "
+        f"WHERE snapshot_id > {int(after)} AND snapshot_id <= {int(upto)} ORDER BY snapshot_id",
+    )
+    log = []
+    for snapshot, text in rows:
+        changes: dict[str, list[str]] = {}
+        for kind, value in _CHANGE.findall(text or ""):
+            changes.setdefault(_CHANGE_KINDS.get(kind, kind), []).append(value)
+        log.append((int(snapshot), changes))
+    return log
+
+
+def snapshot_time(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime | None:
+    """When lake snapshot `snapshot_id` was committed (UTC), or None if it does not exist."""
+    rows = _catalog_query(con, f"SELECT snapshot_time FROM ducklake_snapshot WHERE snapshot_id = {int(snapshot_id)}")
+    if not rows:
+        return None
+    # stored as text ('2026-12-07 23:14:46.836001+00'); parsed here, as DuckDB's first cast to TIMESTAMPTZ in a
+    # process loads ICU's time-zone data (~0.7 s, measured)
+    return datetime.fromisoformat(str(rows[0][0])).astimezone(UTC)
 
 
 def is_conflict(err: Exception) -> bool:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from careloop.duck import catalog_gate, open_catalog
+from careloop.duck import snapshot_time as lake_snapshot_time
 from feature_store import vocab
 from feature_store.concepts import (
     CONDITIONS,
@@ -355,13 +356,12 @@ def _grid(
 
 def snapshot_time(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> datetime:
     """When a lake snapshot was committed (UTC)."""
-    row = con.execute("SELECT snapshot_time FROM ducklake_snapshots('lake') WHERE snapshot_id = ?", [snapshot_id])
-    got = row.fetchall()
-    if not got:
+    got = lake_snapshot_time(con, snapshot_id)
+    if got is None:
         from feature_store.errors import FeatureStoreError
 
         raise FeatureStoreError(f"lake snapshot {snapshot_id} does not exist")
-    return got[0][0]
+    return got
 
 
 def _naive_utc(value: datetime) -> datetime:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from careloop.duck import snapshot_changes
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -98,10 +100,7 @@ def ensure(con: duckdb.DuckDBPyConnection, snap: int, sets: dict[str, list[tuple
     meta = con.execute("SELECT checked, version FROM _fs_voc_meta").fetchall()
     checked, version = meta[0] if meta else (-1, None)
     if snap > checked:
-        log = con.execute(
-            "SELECT snapshot_id, changes FROM ducklake_snapshots('lake') WHERE snapshot_id > ? AND snapshot_id <= ?",
-            [checked, snap],
-        ).fetchall()
+        log = snapshot_changes(con, checked, snap)
         # table ids only change with a non-data change, which counts as a vocabulary change anyway
         named = con.execute("SELECT table_name, table_id FROM _fs_voc_ids").fetchall()
         structural = any(k not in DATA_CHANGES | SAME_CONTENT for _, changes in log for k in (changes or {}))
