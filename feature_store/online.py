@@ -247,13 +247,14 @@ class _LastWritten:
     """The values one SQLite connection last wrote per (table, person), so that a batch rewrites only the features
     whose value changed and merely re-stamps the rest (most of a person's ~100 features do not change with one
     event; the final rows are the same as a full upsert's). Trusted only while nothing else wrote: SQLite's
-    `data_version` changes when another connection commits, and the connection's `total_changes` when any other
-    statement on it changed rows (Feast's own writes, a failed batch); either clears it. Bounded per table."""
+    `data_version` changes when another connection commits, the connection's `total_changes` when any other
+    statement on it changed rows (Feast's own writes, a failed batch), and `schema_version` on any table dropped or
+    created; each clears it. Bounded per table."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.tables: dict[str, tuple[tuple[str, ...], OrderedDict[int, tuple]]] = {}
-        self.mark: tuple[int, int] | None = None
+        self.mark: tuple[int, int, int] | None = None
 
     def check(self, conn: Any) -> None:
         if self.mark != self._mark(conn):
@@ -269,8 +270,10 @@ class _LastWritten:
         self.mark = self._mark(conn)
 
     @staticmethod
-    def _mark(conn: Any) -> tuple[int, int]:
-        return conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes
+    def _mark(conn: Any) -> tuple[int, int, int]:
+        # + the schema version: a table dropped and re-created (DDL) through this same connection is not a change
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        return version, conn.total_changes, conn.execute("PRAGMA schema_version").fetchone()[0]
 
 
 class _Bounded(OrderedDict):

@@ -477,6 +477,12 @@ def test_online_rewrite_writes_only_changed_values_and_trusts_nothing_another_wr
         db.commit()
         write_tables(store, fvs, {"vitals": third})  # same values, but another writer changed one: rewritten
         assert online_rows() == by_feast(third)
+        write_tables(store, fvs, {"vitals": third})
+        ddl = db.execute("SELECT sql FROM sqlite_master WHERE name = 'careloop_vitals'").fetchone()[0]
+        conn.execute("DROP TABLE careloop_vitals")  # re-created empty through the writer's own connection
+        conn.execute(ddl)
+        write_tables(store, fvs, {"vitals": third})
+        assert online_rows() == by_feast(third)
     finally:
         conn.set_trace_callback(None)
         db.close()
