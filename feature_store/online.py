@@ -116,7 +116,7 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
         # the write lock first: no other writer can commit between reading what this connection last wrote and
         # this commit
         conn.execute("BEGIN IMMEDIATE")
-        memory = _memory(online, conn)
+        memory = _LastWritten.of(online, conn)
         for view, table in tables.items():
             if not table.num_rows:
                 continue
@@ -137,9 +137,7 @@ def write_tables(store: FeatureStore, views: Mapping[str, Any], tables: Mapping[
                     f"VALUES {','.join(rows[i : i + UPSERT_ROWS])} {_ON_CONFLICT}"
                 )
             written.append((last, values))
-    for last, values in written:
-        last.update(values)
-    memory.committed(conn)
+    memory.committed(written)
 
 
 class _Literals:
@@ -249,50 +247,43 @@ class _LastWritten:
     event; the final rows are the same as a full upsert's). Trusted only while nothing else wrote: SQLite's
     `data_version` changes when another connection commits, the connection's `total_changes` when any other
     statement on it changed rows (Feast's own writes, a failed batch), and `schema_version` on any table dropped or
-    created; each clears it. Bounded per table."""
+    created; each clears it. The least recently written persons past `REMEMBERED_PERSONS` per table are forgotten
+    (and then written in full)."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.tables: dict[str, tuple[tuple[str, ...], OrderedDict[int, tuple]]] = {}
         self.mark: tuple[int, int, int] | None = None
 
-    def check(self, conn: Any) -> None:
-        if self.mark != self._mark(conn):
-            self.tables.clear()
+    @classmethod
+    def of(cls, online: Any, conn: Any) -> _LastWritten:
+        """The memory of `conn` (kept on Feast's online store object, like its connection), checked."""
+        memory = getattr(online, "_careloop_written", None)
+        if memory is None or memory.conn is not conn:
+            memory = online._careloop_written = cls(conn)
+        if memory.mark != memory._mark():
+            memory.tables.clear()
+        return memory
 
-    def view(self, table: str, names: tuple[str, ...]) -> _Bounded:
+    def view(self, table: str, names: tuple[str, ...]) -> OrderedDict[int, tuple]:
         got = self.tables.get(table)
         if got is None or got[0] != names:
-            got = self.tables[table] = (names, _Bounded())
+            got = self.tables[table] = (names, OrderedDict())
         return got[1]
 
-    def committed(self, conn: Any) -> None:
-        self.mark = self._mark(conn)
+    def committed(self, written: list[tuple[OrderedDict[int, tuple], dict[int, tuple]]]) -> None:
+        for last, values in written:
+            for p, v in values.items():
+                last[p] = v
+                last.move_to_end(p)
+            while len(last) > REMEMBERED_PERSONS:
+                last.popitem(last=False)
+        self.mark = self._mark()
 
-    @staticmethod
-    def _mark(conn: Any) -> tuple[int, int, int]:
+    def _mark(self) -> tuple[int, int, int]:
         # + the schema version: a table dropped and re-created (DDL) through this same connection is not a change
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        return version, conn.total_changes, conn.execute("PRAGMA schema_version").fetchone()[0]
-
-
-class _Bounded(OrderedDict):
-    """Least recently written persons are forgotten past `REMEMBERED_PERSONS` (they are then written in full)."""
-
-    def update(self, values: Mapping[int, tuple]) -> None:  # type: ignore[override]
-        for p, v in values.items():
-            self[p] = v
-            self.move_to_end(p)
-        while len(self) > REMEMBERED_PERSONS:
-            self.popitem(last=False)
-
-
-def _memory(online: Any, conn: Any) -> _LastWritten:
-    memory = getattr(online, "_careloop_written", None)
-    if memory is None or memory.conn is not conn:
-        memory = online._careloop_written = _LastWritten(conn)
-    memory.check(conn)
-    return memory
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return version, self.conn.total_changes, self.conn.execute("PRAGMA schema_version").fetchone()[0]
 
 
 # A serialized `Value(double_val=v)`: field 5, wire type 1 (tag 0x29), then the 8-byte little-endian double; a
